@@ -1,0 +1,1016 @@
+/*
+ * tpuchat_shim.c - an LLM runner over libsophon's runtime (see tpuchat_shim.h).
+ *
+ * Sections:
+ *   1. runtime library      dlopen libbmlib/libbmrt, resolve the calls we use
+ *   2. errors and timing    one-line messages, device vs host time
+ *   3. model description    nets read from the bmodel, nothing hard-coded
+ *   4. state                KV cache, shared position/mask buffers
+ *   5. device helpers       checked copies and launches
+ *   6. masks                prefill and decode attention masks (bf16/f16)
+ *   7. prefill / decode     the two inference steps and greedy selection
+ *
+ * Two memory layouts exist (net_info.addr_mode):
+ *   io_alone (1): every net owns its IO buffers.  The KV cache of layer i IS
+ *     block_cache_i's history_k/history_v input buffers; nets are chained by
+ *     passing the previous net's output memory as the next input, and new K/V
+ *     rows are written by the nets straight into the cache.
+ *   basic (0): IO buffers are shared between nets, so nothing may be left in
+ *     them across launches: the cache lives in buffers we allocate, and
+ *     hidden states / K/V rows are copied, as Sophgo's demos do.
+ */
+#include "tpuchat_shim.h"
+#include "bmrt_api.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_DEVICES 8
+#define ERR_LEN 512
+
+_Static_assert(sizeof(bmapi_shape_t) == 36, "bm_shape_t layout");
+_Static_assert(sizeof(bmapi_mem_t) == 24, "bm_device_mem_t layout");
+_Static_assert(sizeof(bmapi_tensor_t) == 72, "bm_tensor_t layout");
+_Static_assert(offsetof(bmapi_tensor_t, device_mem) == 40, "bm_tensor_t layout");
+_Static_assert(offsetof(bmapi_tensor_t, st_mode) == 64, "bm_tensor_t layout");
+_Static_assert(offsetof(bmapi_net_info_t, stages) == 80, "bm_net_info_t layout");
+_Static_assert(offsetof(bmapi_net_info_t, input_loc_devices) == 120, "bm_net_info_t layout");
+_Static_assert(offsetof(bmapi_net_info_t, addr_mode) == 140, "bm_net_info_t layout");
+_Static_assert(sizeof(bmapi_net_info_t) == 144, "bm_net_info_t layout");
+
+/* ------------------------------------------------------------------ */
+/* 1. runtime library                                                   */
+/* ------------------------------------------------------------------ */
+
+static struct {
+  int loaded;
+  int new_net_info; /* libsophon >= 0.5.1: bm_net_info_t has the tail fields */
+  char dir[1024];
+  bm_dev_getcount_fn dev_getcount;
+  bm_dev_request_fn dev_request;
+  bm_dev_free_fn dev_free;
+  bm_get_stat_fn get_stat;
+  bm_thread_sync_fn thread_sync;
+  bm_malloc_device_byte_fn malloc_device_byte;
+  bm_free_device_fn free_device;
+  bm_memcpy_s2d_partial_offset_fn s2d;
+  bm_memcpy_d2s_partial_offset_fn d2s;
+  bm_memcpy_d2d_byte_fn d2d;
+  bm_memset_device_fn memset_device;
+  bmrt_create_fn create;
+  bmrt_create_ex_fn create_ex; /* NULL on old libsophon */
+  bmrt_destroy_fn destroy;
+  bmrt_load_bmodel_fn load_bmodel;
+  bmrt_get_network_number_fn get_network_number;
+  bmrt_get_network_names_fn get_network_names;
+  bmrt_get_network_info_fn get_network_info;
+  bmrt_launch_tensor_ex_fn launch_tensor_ex;
+} RT;
+
+static void set_err(char *err, int errlen, const char *fmt, ...) {
+  if (!err || errlen <= 0) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, (size_t)errlen, fmt, ap);
+  va_end(ap);
+}
+
+static void *open_first(const char *dir, const char *const *names, char *tried, size_t tried_len) {
+  char path[1200];
+  for (int i = 0; names[i]; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+    /* RTLD_GLOBAL + lookups through RTLD_DEFAULT let LD_PRELOAD profilers
+     * see every runtime call. */
+    void *h = dlopen(path, RTLD_NOW | RTLD_GLOBAL);
+    if (h) return h;
+    const char *why = dlerror();
+    size_t used = strlen(tried);
+    snprintf(tried + used, tried_len - used, "%s%s", used ? "; " : "", why ? why : path);
+  }
+  return NULL;
+}
+
+#define RESOLVE(field, sym)                                                        \
+  do {                                                                             \
+    *(void **)(&RT.field) = dlsym(RTLD_DEFAULT, sym);                              \
+    if (!RT.field) {                                                               \
+      set_err(err, errlen, "the runtime in %s has no function %s (libsophon too old?)", \
+              lib_dir, sym);                                                       \
+      return TPC_E_LIB;                                                            \
+    }                                                                              \
+  } while (0)
+
+int tpc_runtime_load(const char *lib_dir, char *err, int errlen) {
+  if (RT.loaded) {
+    if (lib_dir && strcmp(lib_dir, RT.dir) != 0) {
+      set_err(err, errlen, "runtime already loaded from %s; cannot switch to %s in one process",
+              RT.dir, lib_dir);
+      return TPC_E_LIB;
+    }
+    return TPC_OK;
+  }
+  if (!lib_dir || !*lib_dir) {
+    set_err(err, errlen, "no runtime library directory given");
+    return TPC_E_ARG;
+  }
+  static const char *const bmlib_names[] = {"libbmlib.so.0", "libbmlib.so", NULL};
+  static const char *const bmrt_names[] = {"libbmrt.so.1.0", "libbmrt.so.1", "libbmrt.so", NULL};
+  char tried[2048] = "";
+  if (!open_first(lib_dir, bmlib_names, tried, sizeof tried)) {
+    set_err(err, errlen, "cannot load libbmlib from %s: %s", lib_dir, tried);
+    return TPC_E_LIB;
+  }
+  tried[0] = 0;
+  if (!open_first(lib_dir, bmrt_names, tried, sizeof tried)) {
+    set_err(err, errlen, "cannot load libbmrt from %s: %s", lib_dir, tried);
+    return TPC_E_LIB;
+  }
+  RESOLVE(dev_getcount, "bm_dev_getcount");
+  RESOLVE(dev_request, "bm_dev_request");
+  RESOLVE(dev_free, "bm_dev_free");
+  RESOLVE(get_stat, "bm_get_stat");
+  RESOLVE(thread_sync, "bm_thread_sync");
+  RESOLVE(malloc_device_byte, "bm_malloc_device_byte");
+  RESOLVE(free_device, "bm_free_device");
+  RESOLVE(s2d, "bm_memcpy_s2d_partial_offset");
+  RESOLVE(d2s, "bm_memcpy_d2s_partial_offset");
+  RESOLVE(d2d, "bm_memcpy_d2d_byte");
+  RESOLVE(memset_device, "bm_memset_device");
+  RESOLVE(create, "bmrt_create");
+  RESOLVE(destroy, "bmrt_destroy");
+  RESOLVE(load_bmodel, "bmrt_load_bmodel");
+  RESOLVE(get_network_number, "bmrt_get_network_number");
+  RESOLVE(get_network_names, "bmrt_get_network_names");
+  RESOLVE(get_network_info, "bmrt_get_network_info");
+  RESOLVE(launch_tensor_ex, "bmrt_launch_tensor_ex");
+  *(void **)(&RT.create_ex) = dlsym(RTLD_DEFAULT, "bmrt_create_ex");
+  RT.new_net_info = RT.create_ex != NULL;
+  snprintf(RT.dir, sizeof RT.dir, "%s", lib_dir);
+  RT.loaded = 1;
+  return TPC_OK;
+}
+
+int tpc_device_count(int *count, char *err, int errlen) {
+  if (!RT.loaded) {
+    set_err(err, errlen, "runtime library not loaded");
+    return TPC_E_LIB;
+  }
+  int n = 0;
+  bm_status_t st = RT.dev_getcount(&n);
+  if (st != 0) {
+    set_err(err, errlen, "no Sophgo device found (bm_dev_getcount returned %d)", st);
+    return TPC_E_DEVICE;
+  }
+  *count = n;
+  return TPC_OK;
+}
+
+static int check_devid(int devid, char *err, int errlen) {
+  int n = 0;
+  int rc = tpc_device_count(&n, err, errlen);
+  if (rc) return rc;
+  if (devid < 0 || devid >= n) {
+    set_err(err, errlen, "device %d does not exist (%d device%s found: ids 0..%d)", devid, n,
+            n == 1 ? "" : "s", n - 1);
+    return TPC_E_DEVICE;
+  }
+  return TPC_OK;
+}
+
+static void fill_stat(bm_handle_t h, int devid, tpc_device_stat *out) {
+  bmapi_dev_stat_t st;
+  memset(&st, 0, sizeof st);
+  memset(out, 0, sizeof *out);
+  out->devid = devid;
+  if (RT.get_stat(h, &st) == 0) {
+    out->mem_total_mb = st.mem_total;
+    out->mem_used_mb = st.mem_used;
+    out->tpu_util = st.tpu_util;
+  } else {
+    out->mem_total_mb = out->mem_used_mb = out->tpu_util = -1;
+  }
+}
+
+int tpc_device_stat_of(int devid, tpc_device_stat *out, char *err, int errlen) {
+  int rc = check_devid(devid, err, errlen);
+  if (rc) return rc;
+  bm_handle_t h = NULL;
+  bm_status_t st = RT.dev_request(&h, devid);
+  if (st != 0 || !h) {
+    set_err(err, errlen, "cannot open device %d (bm_dev_request returned %d)", devid, st);
+    return TPC_E_DEVICE;
+  }
+  fill_stat(h, devid, out);
+  RT.dev_free(h);
+  return TPC_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* 2. errors and timing                                                 */
+/* ------------------------------------------------------------------ */
+
+static double now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+/* ------------------------------------------------------------------ */
+/* 3. model description                                                 */
+/* ------------------------------------------------------------------ */
+
+typedef const bmapi_net_info_t *net_t;
+
+struct tpc_model {
+  char err[ERR_LEN];
+  bm_handle_t handles[MAX_DEVICES];
+  int devids[MAX_DEVICES];
+  int num_handles;
+  void *rt;
+
+  const char **net_names; /* from the runtime; we free the array */
+  int num_nets;
+  tpc_desc d;
+
+  net_t embedding, embedding_cache, lm_head, greedy_head;
+  net_t *block, *block_cache; /* [num_layers] */
+
+  /* 4. state */
+  int direct_io;          /* io_alone: chain and write KV by reference */
+  bmapi_mem_t *kv_k, *kv_v; /* KV cache per layer (L rows each) */
+  int own_kv;             /* we allocated kv_k/kv_v */
+  size_t kv_row_bytes;    /* bytes of one token's K (or V) in one layer */
+  size_t hidden_bytes;    /* bytes of one token's hidden state */
+  int esize;              /* bytes of one float element (2) */
+  int position;           /* tokens in the KV cache */
+  int mask_zeros;         /* decode mask entries [0, mask_zeros) are 0; -1 unknown */
+  int token_on_device;    /* the last chosen token already sits in embedding_cache's input */
+  int last_token;
+  unsigned short *mask_buf; /* host scratch for masks */
+  size_t mask_buf_elems;
+  int32_t *ids_buf;       /* host scratch for ids / positions (seq_len) */
+  float *logits;          /* host copy of the last logits (lm_head kind 2) */
+  void *logits_raw;
+  tpc_timing timing;
+  double call_start, device_us;
+};
+
+const char *tpc_error(const tpc_model *m) { return m ? m->err : "no model"; }
+
+static int fail(tpc_model *m, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(m->err, sizeof m->err, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+static net_t find_net(tpc_model *m, const char *name) {
+  for (int i = 0; i < m->num_nets; i++)
+    if (strcmp(m->net_names[i], name) == 0) return RT.get_network_info(m->rt, name);
+  return NULL;
+}
+
+static int is_float_dtype(int dt) { return dt == BMAPI_F16 || dt == BMAPI_BF16 || dt == BMAPI_F32; }
+static int dtype_size(int dt) {
+  switch (dt) {
+    case BMAPI_F32: case BMAPI_INT32: case BMAPI_UINT32: return 4;
+    case BMAPI_F16: case BMAPI_BF16: case BMAPI_INT16: case BMAPI_UINT16: return 2;
+    default: return 1;
+  }
+}
+
+static size_t shape_count(const bmapi_shape_t *s, int from) {
+  size_t n = 1;
+  for (int i = from; i < s->num_dims; i++) n *= (size_t)s->dims[i];
+  return n;
+}
+
+/* Inputs of a multi-device net are the per-device list repeated; this is
+ * the count for one device. */
+static int per_device(net_t n, int count, int num_device) {
+  return num_device > 1 ? count / num_device : count;
+}
+
+static int describe_nets(tpc_model *m) {
+  tpc_desc *d = &m->d;
+  m->embedding = find_net(m, "embedding");
+  m->embedding_cache = find_net(m, "embedding_cache");
+  m->lm_head = find_net(m, "lm_head");
+  m->greedy_head = find_net(m, "greedy_head");
+  d->has_embedding_cache = m->embedding_cache != NULL;
+  d->has_greedy_head = m->greedy_head != NULL;
+  d->has_sample_head = find_net(m, "sample_head") != NULL;
+  d->has_penalty_sample_head = find_net(m, "penalty_sample_head") != NULL;
+  d->has_block_kv = find_net(m, "block_kv_0") != NULL;
+
+  char name[64];
+  int layers = 0;
+  for (;; layers++) {
+    snprintf(name, sizeof name, "block_%d", layers);
+    if (!find_net(m, name)) break;
+  }
+  d->num_layers = layers;
+  if (!m->embedding || !m->lm_head || layers == 0 || !find_net(m, "block_cache_0") ||
+      !m->embedding_cache) {
+    char list[300] = "";
+    for (int i = 0; i < m->num_nets && strlen(list) < 250; i++) {
+      strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
+      strncat(list, m->net_names[i], sizeof list - strlen(list) - 1);
+    }
+    return fail(m, TPC_E_MODEL,
+                "not an LLM bmodel: it needs nets embedding, embedding_cache, block_0, "
+                "block_cache_0 and lm_head, but has: %s%s", list,
+                m->num_nets > 12 ? ", ..." : "");
+  }
+  m->block = calloc((size_t)layers, sizeof(net_t));
+  m->block_cache = calloc((size_t)layers, sizeof(net_t));
+  if (!m->block || !m->block_cache) return fail(m, TPC_E_NOMEM, "out of host memory");
+  for (int i = 0; i < layers; i++) {
+    snprintf(name, sizeof name, "block_%d", i);
+    m->block[i] = find_net(m, name);
+    snprintf(name, sizeof name, "block_cache_%d", i);
+    m->block_cache[i] = find_net(m, name);
+    if (!m->block_cache[i])
+      return fail(m, TPC_E_MODEL, "bmodel has block_%d but no block_cache_%d", i, i);
+  }
+
+  net_t b0 = m->block[0], c0 = m->block_cache[0];
+  d->num_device = 1;
+  if (RT.new_net_info && b0->input_loc_devices) {
+    for (int i = 0; i < b0->input_num; i++)
+      if (b0->input_loc_devices[i] + 1 > d->num_device) d->num_device = b0->input_loc_devices[i] + 1;
+  }
+  int b0_in = per_device(b0, b0->input_num, d->num_device);
+  int c0_in = per_device(c0, c0->input_num, d->num_device);
+  if (b0_in < 2 || c0_in < 5)
+    return fail(m, TPC_E_MODEL,
+                "unexpected block layout: block_0 has %d inputs (want hidden, position_ids[, mask]), "
+                "block_cache_0 has %d (want hidden, position_ids, mask, history_k, history_v)",
+                b0_in, c0_in);
+
+  d->is_dynamic = b0->is_dynamic ? 1 : 0;
+  d->prefill_has_mask = b0_in >= 3;
+  d->num_stages = b0->stage_num > 8 ? 8 : b0->stage_num;
+  d->seq_len = 0;
+  for (int s = 0; s < d->num_stages; s++) {
+    d->stage_seq_len[s] = b0->stages[s].input_shapes[0].dims[1];
+    if (d->stage_seq_len[s] > d->seq_len) d->seq_len = d->stage_seq_len[s];
+  }
+  const bmapi_shape_t *hk = &c0->stages[0].input_shapes[3];
+  const bmapi_shape_t *hid = &b0->stages[0].input_shapes[0];
+  d->hidden_size = hid->dims[hid->num_dims - 1];
+  d->kv_len = hk->dims[1];
+  d->kv_heads = hk->num_dims >= 4 ? hk->dims[2] : 1;
+  d->head_dim = hk->dims[hk->num_dims - 1];
+  d->float_dtype = b0->input_dtypes[0];
+  d->mask_dtype = c0->input_dtypes[2];
+  d->addr_mode = RT.new_net_info ? c0->addr_mode : 0;
+  d->new_net_info = RT.new_net_info;
+  if (d->float_dtype != BMAPI_BF16 && d->float_dtype != BMAPI_F16)
+    return fail(m, TPC_E_MODEL, "hidden states are dtype %d; only bf16 and f16 builds are supported",
+                d->float_dtype);
+  if (d->mask_dtype != BMAPI_BF16 && d->mask_dtype != BMAPI_F16)
+    return fail(m, TPC_E_MODEL, "attention mask is dtype %d; expected bf16 or f16", d->mask_dtype);
+  const bmapi_shape_t *cmask = &c0->stages[0].input_shapes[2];
+  if (cmask->dims[cmask->num_dims - 1] != d->kv_len + 1)
+    return fail(m, TPC_E_MODEL, "decode mask has %d columns, expected kv_len + 1 = %d",
+                cmask->dims[cmask->num_dims - 1], d->kv_len + 1);
+  if (d->seq_len < 1 || d->seq_len > d->kv_len)
+    return fail(m, TPC_E_MODEL, "prefill length %d does not fit the KV length %d", d->seq_len, d->kv_len);
+
+  int out_dt = m->lm_head->output_dtypes[0];
+  const bmapi_shape_t *lo = &m->lm_head->stages[0].output_shapes[0];
+  if (out_dt == BMAPI_INT32) {
+    d->lm_head_kind = 1;
+  } else if (is_float_dtype(out_dt)) {
+    d->lm_head_kind = 2;
+    d->logits_dtype = out_dt;
+    d->vocab_size = lo->dims[lo->num_dims - 1];
+  } else {
+    return fail(m, TPC_E_MODEL, "lm_head output dtype %d is neither a token id nor logits", out_dt);
+  }
+  d->num_nets = m->num_nets;
+  d->kv_cache_bytes = (long long)layers * 2 * (long long)d->kv_len *
+                      (long long)shape_count(hk, 2) * dtype_size(c0->input_dtypes[3]);
+  m->kv_row_bytes = shape_count(hk, 2) * (size_t)dtype_size(c0->input_dtypes[3]);
+  m->esize = dtype_size(d->float_dtype);
+  m->hidden_bytes = (size_t)d->hidden_size * (size_t)m->esize;
+  return TPC_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* 5. device helpers                                                    */
+/* ------------------------------------------------------------------ */
+
+static bm_handle_t H(tpc_model *m) { return m->handles[0]; }
+
+/* A view of part of a device buffer. */
+static bmapi_mem_t mem_at(bmapi_mem_t base, size_t offset, size_t size) {
+  bmapi_mem_t v = base;
+  v.device_addr += offset;
+  v.size = (unsigned int)size;
+  return v;
+}
+
+#define TIMED(expr)                      \
+  ({                                     \
+    double t0_ = now_us();               \
+    __typeof__(expr) r_ = (expr);        \
+    m->device_us += now_us() - t0_;      \
+    r_;                                  \
+  })
+
+static int upload(tpc_model *m, bmapi_mem_t dst, size_t offset, const void *src, size_t size,
+                  const char *what) {
+  m->timing.copies++;
+  bm_status_t st = TIMED(RT.s2d(H(m), dst, (void *)src, (unsigned int)size, (unsigned int)offset));
+  if (st != 0) return fail(m, TPC_E_RUNTIME, "copy of %s to the device failed (status %d)", what, st);
+  return TPC_OK;
+}
+
+static int download(tpc_model *m, void *dst, bmapi_mem_t src, size_t offset, size_t size,
+                    const char *what) {
+  m->timing.copies++;
+  bm_status_t st = TIMED(RT.d2s(H(m), dst, src, (unsigned int)size, (unsigned int)offset));
+  if (st != 0) return fail(m, TPC_E_RUNTIME, "copy of %s from the device failed (status %d)", what, st);
+  return TPC_OK;
+}
+
+static int copy_d2d(tpc_model *m, bmapi_mem_t dst, size_t dst_off, bmapi_mem_t src, size_t src_off,
+                    size_t size, const char *what) {
+  m->timing.copies++;
+  bm_status_t st = TIMED(RT.d2d(H(m), dst, dst_off, src, src_off, size));
+  if (st != 0) return fail(m, TPC_E_RUNTIME, "device copy of %s failed (status %d)", what, st);
+  return TPC_OK;
+}
+
+static int zero(tpc_model *m, bmapi_mem_t mem, const char *what) {
+  bm_status_t st = TIMED(RT.memset_device(H(m), 0, mem));
+  if (st != 0) return fail(m, TPC_E_RUNTIME, "clearing %s failed (status %d)", what, st);
+  return TPC_OK;
+}
+
+static bmapi_tensor_t tensor(bmapi_mem_t mem, int dtype, const bmapi_shape_t *shape) {
+  bmapi_tensor_t t;
+  memset(&t, 0, sizeof t);
+  t.dtype = dtype;
+  t.shape = *shape;
+  t.device_mem = mem;
+  return t;
+}
+
+/* Tensors over a stage's own buffers, shapes optionally overridden later. */
+static void own_tensors(net_t n, int stage, bmapi_tensor_t *in, bmapi_tensor_t *out) {
+  const bmapi_stage_t *s = &n->stages[stage];
+  for (int i = 0; i < n->input_num; i++)
+    in[i] = tensor(s->input_mems[i], n->input_dtypes[i], &s->input_shapes[i]);
+  for (int i = 0; i < n->output_num; i++)
+    out[i] = tensor(s->output_mems[i], n->output_dtypes[i], &s->output_shapes[i]);
+}
+
+static int launch(tpc_model *m, net_t n, bmapi_tensor_t *in, bmapi_tensor_t *out) {
+  m->timing.launches++;
+  bool ok = TIMED(RT.launch_tensor_ex(m->rt, n->name, in, n->input_num, out, n->output_num, true, false));
+  if (!ok) return fail(m, TPC_E_RUNTIME, "the runtime refused to launch net %s", n->name);
+  return TPC_OK;
+}
+
+static int sync_device(tpc_model *m) {
+  bm_status_t st = TIMED(RT.thread_sync(H(m)));
+  if (st != 0) return fail(m, TPC_E_RUNTIME, "device failed while running the model (status %d)", st);
+  return TPC_OK;
+}
+
+/* Smallest stage of net n whose first input holds len tokens. */
+static int pick_stage(net_t n, int len) {
+  int best = -1;
+  for (int s = 0; s < n->stage_num; s++) {
+    int cap = n->stages[s].input_shapes[0].dims[1];
+    if (cap >= len && (best < 0 || cap < n->stages[best].input_shapes[0].dims[1])) best = s;
+  }
+  return best;
+}
+
+static void set_len(bmapi_shape_t *s, int len) { s->dims[1] = len; }
+
+/* ------------------------------------------------------------------ */
+/* 6. masks                                                             */
+/* ------------------------------------------------------------------ */
+
+/* -10000 is the "minus infinity" the converted nets expect. */
+static unsigned short mask_min(int dtype) { return dtype == BMAPI_BF16 ? 0xC61C : 0xF0E2; }
+
+static int ensure_mask_buf(tpc_model *m, size_t elems) {
+  if (m->mask_buf_elems >= elems) return TPC_OK;
+  unsigned short *p = realloc(m->mask_buf, elems * sizeof *p);
+  if (!p) return fail(m, TPC_E_NOMEM, "out of host memory for a %zu-entry mask", elems);
+  m->mask_buf = p;
+  m->mask_buf_elems = elems;
+  return TPC_OK;
+}
+
+/* Causal prefill mask rows x cols: row i (< n) sees columns j <= i. */
+static void build_prefill_mask(unsigned short *buf, int rows, int cols, int n, unsigned short neg) {
+  for (int i = 0; i < rows; i++)
+    for (int j = 0; j < cols; j++) buf[(size_t)i * cols + j] = (i < n && j <= i) ? 0 : neg;
+}
+
+/* ------------------------------------------------------------------ */
+/* 7. prefill / decode                                                  */
+/* ------------------------------------------------------------------ */
+
+static float half_to_float(unsigned short h, int dtype) {
+  if (dtype == BMAPI_BF16) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+  }
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+  if (exp == 0) {
+    if (man == 0) {
+      u = sign;
+    } else { /* subnormal */
+      exp = 127 - 15 + 1;
+      while (!(man & 0x400)) { man <<= 1; exp--; }
+      u = sign | (exp << 23) | ((man & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000 | (man << 13);
+  } else {
+    u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+/* Run lm_head (and greedy_head) on a hidden row; leaves the token in *tok. */
+static int run_head(tpc_model *m, bmapi_mem_t hidden_row, int *tok) {
+  net_t lm = m->lm_head;
+  bmapi_tensor_t in[4], out[4];
+  own_tensors(lm, 0, in, out);
+  if (m->direct_io) {
+    in[0].device_mem = hidden_row;
+  } else {
+    int rc = copy_d2d(m, in[0].device_mem, 0, hidden_row, 0, m->hidden_bytes, "hidden state to lm_head");
+    if (rc) return rc;
+  }
+  /* Let a device-side token land where embedding_cache reads it, so the
+   * next decode needs no upload. */
+  int token_to_embedding = m->direct_io && m->d.lm_head_kind == 1;
+  if (token_to_embedding) out[0].device_mem = m->embedding_cache->stages[0].input_mems[0];
+  int rc = launch(m, lm, in, out);
+  if (rc) return rc;
+
+  bmapi_mem_t token_mem = out[0].device_mem;
+  if (m->d.lm_head_kind == 2 && m->greedy_head) {
+    net_t g = m->greedy_head;
+    bmapi_tensor_t gin[4], gout[4];
+    own_tensors(g, 0, gin, gout);
+    gin[0].device_mem = out[0].device_mem;
+    if (m->direct_io) gout[0].device_mem = m->embedding_cache->stages[0].input_mems[0];
+    if ((rc = launch(m, g, gin, gout))) return rc;
+    token_mem = gout[0].device_mem;
+    token_to_embedding = m->direct_io;
+  }
+  if ((rc = sync_device(m))) return rc;
+
+  if (m->d.lm_head_kind == 1 || m->greedy_head) {
+    int32_t t = 0;
+    if ((rc = download(m, &t, token_mem, 0, 4, "the next token"))) return rc;
+    *tok = t;
+    /* With greedy_head present we still keep logits readable on demand. */
+  } else {
+    int v = m->d.vocab_size, es = dtype_size(m->d.logits_dtype);
+    if ((rc = download(m, m->logits_raw, out[0].device_mem, 0, (size_t)v * es, "logits"))) return rc;
+    int best = 0;
+    for (int i = 0; i < v; i++) {
+      m->logits[i] = es == 4 ? ((float *)m->logits_raw)[i]
+                             : half_to_float(((unsigned short *)m->logits_raw)[i], m->d.logits_dtype);
+      if (m->logits[i] > m->logits[best]) best = i;
+    }
+    *tok = best;
+  }
+  m->last_token = *tok;
+  m->token_on_device = token_to_embedding;
+  return TPC_OK;
+}
+
+static void begin_call(tpc_model *m) {
+  memset(&m->timing, 0, sizeof m->timing);
+  m->device_us = 0;
+  m->call_start = now_us();
+}
+
+static void end_call(tpc_model *m) {
+  m->timing.total_us = now_us() - m->call_start;
+  m->timing.device_us = m->device_us;
+  m->timing.host_us = m->timing.total_us - m->device_us;
+}
+
+static int prefill_impl(tpc_model *m, const int *ids, int n, int *next_token) {
+  tpc_desc *d = &m->d;
+  if (!ids || n < 1) return fail(m, TPC_E_ARG, "prefill needs at least one token");
+  if (n > d->seq_len)
+    return fail(m, TPC_E_ARG, "prompt of %d tokens is longer than this bmodel's prefill length %d",
+                n, d->seq_len);
+  net_t b0 = m->block[0];
+  int stage = d->is_dynamic ? 0 : pick_stage(b0, n);
+  if (stage < 0) return fail(m, TPC_E_ARG, "no prefill stage holds %d tokens", n);
+  int rows = d->is_dynamic ? n : b0->stages[stage].input_shapes[0].dims[1];
+  int rc;
+
+  /* Token ids and positions, padding zeroed: padded rows still run
+   * through the nets and must stay finite. */
+  memset(m->ids_buf, 0, sizeof(int32_t) * (size_t)d->seq_len);
+  memcpy(m->ids_buf, ids, sizeof(int32_t) * (size_t)n);
+  net_t emb = m->embedding;
+  int estage = emb->is_dynamic ? 0 : pick_stage(emb, rows);
+  if (estage < 0) return fail(m, TPC_E_MODEL, "embedding has no stage for %d tokens", rows);
+  bmapi_tensor_t ein[2], eout[2];
+  own_tensors(emb, estage, ein, eout);
+  if (emb->is_dynamic) { set_len(&ein[0].shape, rows); }
+  if ((rc = upload(m, ein[0].device_mem, 0, m->ids_buf, sizeof(int32_t) * (size_t)rows, "token ids")))
+    return rc;
+  if ((rc = launch(m, emb, ein, eout))) return rc;
+
+  bmapi_tensor_t in[8], out[8];
+  own_tensors(b0, stage, in, out);
+  bmapi_mem_t pos_mem = in[1].device_mem, mask_mem = d->prefill_has_mask ? in[2].device_mem : pos_mem;
+  for (int i = 0; i < n; i++) m->ids_buf[i] = i;
+  memset(m->ids_buf + n, 0, sizeof(int32_t) * (size_t)(d->seq_len - n));
+  int mask_rows = 0, mask_cols = 0;
+  if (d->prefill_has_mask) {
+    const bmapi_shape_t *ms = &b0->stages[stage].input_shapes[2];
+    mask_rows = d->is_dynamic ? n : ms->dims[ms->num_dims - 2];
+    mask_cols = d->is_dynamic ? n : ms->dims[ms->num_dims - 1];
+    if ((rc = ensure_mask_buf(m, (size_t)mask_rows * mask_cols))) return rc;
+    build_prefill_mask(m->mask_buf, mask_rows, mask_cols, n, mask_min(b0->input_dtypes[2]));
+  }
+
+  bmapi_mem_t hidden = eout[0].device_mem;
+  for (int i = 0; i < d->num_layers; i++) {
+    net_t b = m->block[i];
+    own_tensors(b, stage, in, out);
+    if (d->is_dynamic) {
+      set_len(&in[0].shape, n);
+      set_len(&in[1].shape, n);
+      if (d->prefill_has_mask) { in[2].shape.dims[in[2].shape.num_dims - 2] = n; in[2].shape.dims[in[2].shape.num_dims - 1] = n; }
+    }
+    if (m->direct_io) {
+      in[0].device_mem = hidden;
+      if (i == 0) {
+        if ((rc = upload(m, pos_mem, 0, m->ids_buf, sizeof(int32_t) * (size_t)rows, "position ids"))) return rc;
+        if (d->prefill_has_mask &&
+            (rc = upload(m, mask_mem, 0, m->mask_buf, (size_t)mask_rows * mask_cols * 2, "prefill mask")))
+          return rc;
+      }
+      in[1].device_mem = pos_mem;
+      if (d->prefill_has_mask) in[2].device_mem = mask_mem;
+      /* K/V rows go straight into the cache. */
+      out[1].device_mem = mem_at(m->kv_k[i], 0, (size_t)rows * m->kv_row_bytes);
+      out[2].device_mem = mem_at(m->kv_v[i], 0, (size_t)rows * m->kv_row_bytes);
+    } else {
+      if (hidden.device_addr != in[0].device_mem.device_addr &&
+          (rc = copy_d2d(m, in[0].device_mem, 0, hidden, 0, (size_t)rows * m->hidden_bytes, "hidden state")))
+        return rc;
+      if ((rc = upload(m, in[1].device_mem, 0, m->ids_buf, sizeof(int32_t) * (size_t)rows, "position ids")))
+        return rc;
+      if (d->prefill_has_mask &&
+          (rc = upload(m, in[2].device_mem, 0, m->mask_buf, (size_t)mask_rows * mask_cols * 2, "prefill mask")))
+        return rc;
+    }
+    if ((rc = launch(m, b, in, out))) return rc;
+    if (!m->direct_io) {
+      if ((rc = copy_d2d(m, m->kv_k[i], 0, out[1].device_mem, 0, (size_t)n * m->kv_row_bytes, "K cache")) ||
+          (rc = copy_d2d(m, m->kv_v[i], 0, out[2].device_mem, 0, (size_t)n * m->kv_row_bytes, "V cache")))
+        return rc;
+    }
+    hidden = out[0].device_mem;
+  }
+  /* The KV rows beyond n hold padding results now; the decode mask hides
+   * them and decode overwrites them one by one. */
+  if (m->mask_zeros > n) m->mask_zeros = -1;
+  if (!m->direct_io) m->mask_zeros = -1;
+  if ((rc = run_head(m, mem_at(hidden, (size_t)(n - 1) * m->hidden_bytes, m->hidden_bytes), next_token)))
+    return rc;
+  m->position = n;
+  return TPC_OK;
+}
+
+int tpc_prefill(tpc_model *m, const int *ids, int n, int *next_token) {
+  if (!m) return TPC_E_ARG;
+  begin_call(m);
+  m->position = 0;
+  int rc = prefill_impl(m, ids, n, next_token);
+  if (rc) m->position = 0;
+  end_call(m);
+  return rc;
+}
+
+/* Bring the decode mask to "entries [0, p) and the last visible", writing
+ * only the entries that differ from what the device holds. */
+static int update_decode_mask(tpc_model *m, bmapi_mem_t mask_mem, int p) {
+  int L = m->d.kv_len, rc;
+  unsigned short neg = mask_min(m->d.mask_dtype);
+  if (m->mask_zeros < 0) {
+    if ((rc = ensure_mask_buf(m, (size_t)L + 1))) return rc;
+    for (int j = 0; j <= L; j++) m->mask_buf[j] = (j < p || j == L) ? 0 : neg;
+    if ((rc = upload(m, mask_mem, 0, m->mask_buf, (size_t)(L + 1) * 2, "decode mask"))) return rc;
+  } else if (m->mask_zeros != p) {
+    int lo = m->mask_zeros < p ? m->mask_zeros : p, hi = m->mask_zeros < p ? p : m->mask_zeros;
+    unsigned short v = m->mask_zeros < p ? 0 : neg;
+    if ((rc = ensure_mask_buf(m, (size_t)(hi - lo)))) return rc;
+    for (int j = 0; j < hi - lo; j++) m->mask_buf[j] = v;
+    if ((rc = upload(m, mask_mem, (size_t)lo * 2, m->mask_buf, (size_t)(hi - lo) * 2, "decode mask")))
+      return rc;
+  }
+  m->mask_zeros = m->direct_io ? p : -1;
+  return TPC_OK;
+}
+
+static int decode_impl(tpc_model *m, int token, int *next_token) {
+  tpc_desc *d = &m->d;
+  int p = m->position, rc;
+  if (p <= 0) return fail(m, TPC_E_ARG, "decode before prefill");
+  if (p >= d->kv_len)
+    return fail(m, TPC_E_FULL, "the context is full: all %d KV positions are used", d->kv_len);
+
+  net_t ec = m->embedding_cache;
+  bmapi_tensor_t ein[2], eout[2];
+  own_tensors(ec, 0, ein, eout);
+  if (!(m->token_on_device && token == m->last_token)) {
+    int32_t t = token;
+    if ((rc = upload(m, ein[0].device_mem, 0, &t, 4, "token id"))) return rc;
+  }
+  m->token_on_device = 0;
+  if ((rc = launch(m, ec, ein, eout))) return rc;
+
+  bmapi_tensor_t in[8], out[8];
+  net_t c0 = m->block_cache[0];
+  own_tensors(c0, 0, in, out);
+  bmapi_mem_t pos_mem = in[1].device_mem, mask_mem = in[2].device_mem;
+  int32_t pos = p;
+  bmapi_mem_t hidden = eout[0].device_mem;
+  for (int i = 0; i < d->num_layers; i++) {
+    net_t c = m->block_cache[i];
+    own_tensors(c, 0, in, out);
+    in[3].device_mem = m->kv_k[i];
+    in[4].device_mem = m->kv_v[i];
+    if (m->direct_io) {
+      if (i == 0) {
+        if ((rc = upload(m, pos_mem, 0, &pos, 4, "position id"))) return rc;
+        if ((rc = update_decode_mask(m, mask_mem, p))) return rc;
+      }
+      in[0].device_mem = hidden;
+      in[1].device_mem = pos_mem;
+      in[2].device_mem = mask_mem;
+      out[1].device_mem = mem_at(m->kv_k[i], (size_t)p * m->kv_row_bytes, m->kv_row_bytes);
+      out[2].device_mem = mem_at(m->kv_v[i], (size_t)p * m->kv_row_bytes, m->kv_row_bytes);
+    } else {
+      if ((rc = copy_d2d(m, in[0].device_mem, 0, hidden, 0, m->hidden_bytes, "hidden state"))) return rc;
+      if ((rc = upload(m, in[1].device_mem, 0, &pos, 4, "position id"))) return rc;
+      m->mask_zeros = -1;
+      if ((rc = update_decode_mask(m, in[2].device_mem, p))) return rc;
+    }
+    if ((rc = launch(m, c, in, out))) return rc;
+    if (!m->direct_io) {
+      if ((rc = copy_d2d(m, m->kv_k[i], (size_t)p * m->kv_row_bytes, out[1].device_mem, 0, m->kv_row_bytes, "K cache")) ||
+          (rc = copy_d2d(m, m->kv_v[i], (size_t)p * m->kv_row_bytes, out[2].device_mem, 0, m->kv_row_bytes, "V cache")))
+        return rc;
+    }
+    hidden = out[0].device_mem;
+  }
+  if ((rc = run_head(m, mem_at(hidden, 0, m->hidden_bytes), next_token))) return rc;
+  m->position = p + 1;
+  return TPC_OK;
+}
+
+int tpc_decode(tpc_model *m, int token, int *next_token) {
+  if (!m) return TPC_E_ARG;
+  begin_call(m);
+  int rc = decode_impl(m, token, next_token);
+  end_call(m);
+  return rc;
+}
+
+int tpc_reset(tpc_model *m) {
+  if (!m) return TPC_E_ARG;
+  begin_call(m);
+  int rc = TPC_OK;
+  /* Masked positions still enter the arithmetic: leftover bits that read as
+   * NaN/Inf would poison every answer, so the cache starts zeroed. */
+  for (int i = 0; i < m->d.num_layers && !rc; i++) {
+    rc = zero(m, m->kv_k[i], "the K cache");
+    if (!rc) rc = zero(m, m->kv_v[i], "the V cache");
+  }
+  if (!rc) rc = sync_device(m);
+  m->position = 0;
+  m->mask_zeros = -1;
+  m->token_on_device = 0;
+  end_call(m);
+  return rc;
+}
+
+int tpc_position(const tpc_model *m) { return m ? m->position : 0; }
+
+int tpc_last_timing(const tpc_model *m, tpc_timing *out) {
+  if (!m || !out) return TPC_E_ARG;
+  *out = m->timing;
+  return TPC_OK;
+}
+
+int tpc_last_logits(tpc_model *m, float *out, int n) {
+  if (!m || !out) return TPC_E_ARG;
+  if (m->d.lm_head_kind != 2 || m->greedy_head)
+    return fail(m, TPC_E_ARG, "this bmodel does not return logits to the host");
+  if (n < m->d.vocab_size) return fail(m, TPC_E_ARG, "logits buffer too small");
+  memcpy(out, m->logits, sizeof(float) * (size_t)m->d.vocab_size);
+  return TPC_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* open / close / inspection                                            */
+/* ------------------------------------------------------------------ */
+
+static int alloc_state(tpc_model *m) {
+  tpc_desc *d = &m->d;
+  int L = d->num_layers;
+  m->direct_io = d->addr_mode == 1;
+  m->kv_k = calloc((size_t)L, sizeof(bmapi_mem_t));
+  m->kv_v = calloc((size_t)L, sizeof(bmapi_mem_t));
+  m->ids_buf = calloc((size_t)d->seq_len, sizeof(int32_t));
+  if (!m->kv_k || !m->kv_v || !m->ids_buf) return fail(m, TPC_E_NOMEM, "out of host memory");
+  if (d->lm_head_kind == 2) {
+    m->logits = calloc((size_t)d->vocab_size, sizeof(float));
+    m->logits_raw = calloc((size_t)d->vocab_size, 4);
+    if (!m->logits || !m->logits_raw) return fail(m, TPC_E_NOMEM, "out of host memory");
+  }
+  size_t bytes = (size_t)d->kv_len * m->kv_row_bytes;
+  for (int i = 0; i < L; i++) {
+    if (m->direct_io) {
+      m->kv_k[i] = m->block_cache[i]->stages[0].input_mems[3];
+      m->kv_v[i] = m->block_cache[i]->stages[0].input_mems[4];
+    } else {
+      m->own_kv = 1;
+      if (RT.malloc_device_byte(H(m), &m->kv_k[i], (unsigned int)bytes) != 0 ||
+          RT.malloc_device_byte(H(m), &m->kv_v[i], (unsigned int)bytes) != 0)
+        return fail(m, TPC_E_NOMEM, "not enough device memory for the KV cache (%lld MB)",
+                    d->kv_cache_bytes >> 20);
+    }
+  }
+  return TPC_OK;
+}
+
+int tpc_open(const char *bmodel_path, const int *devids, int num_devids, tpc_model **out, char *err,
+             int errlen) {
+  if (out) *out = NULL;
+  if (!out || !bmodel_path || !devids || num_devids < 1 || num_devids > MAX_DEVICES) {
+    set_err(err, errlen, "bad arguments to open (need a path and 1..%d device ids)", MAX_DEVICES);
+    return TPC_E_ARG;
+  }
+  if (!RT.loaded) {
+    set_err(err, errlen, "runtime library not loaded");
+    return TPC_E_LIB;
+  }
+  for (int i = 0; i < num_devids; i++) {
+    int rc = check_devid(devids[i], err, errlen);
+    if (rc) return rc;
+    for (int j = 0; j < i; j++)
+      if (devids[j] == devids[i]) {
+        set_err(err, errlen, "device %d is listed twice", devids[i]);
+        return TPC_E_ARG;
+      }
+  }
+  if (num_devids > 1 && !RT.create_ex) {
+    set_err(err, errlen, "this libsophon is older than 0.5.1 and cannot drive several devices");
+    return TPC_E_LIB;
+  }
+  tpc_model *m = calloc(1, sizeof *m);
+  if (!m) {
+    set_err(err, errlen, "out of host memory");
+    return TPC_E_NOMEM;
+  }
+  m->mask_zeros = -1;
+  int rc = TPC_OK;
+  for (int i = 0; i < num_devids; i++) {
+    bm_status_t st = RT.dev_request(&m->handles[i], devids[i]);
+    if (st != 0 || !m->handles[i]) {
+      rc = fail(m, TPC_E_DEVICE, "cannot open device %d (bm_dev_request returned %d)", devids[i], st);
+      goto out;
+    }
+    m->devids[i] = devids[i];
+    m->num_handles = i + 1;
+  }
+  m->rt = num_devids > 1 ? RT.create_ex(m->handles, num_devids) : RT.create(m->handles[0]);
+  if (!m->rt) {
+    rc = fail(m, TPC_E_DEVICE, "cannot create the runtime on device %d", devids[0]);
+    goto out;
+  }
+  if (!RT.load_bmodel(m->rt, bmodel_path)) {
+    rc = fail(m, TPC_E_LOAD,
+              "the runtime could not load %s (corrupt file, a bmodel for another chip, or not "
+              "enough device memory; see the log)", bmodel_path);
+    goto out;
+  }
+  m->num_nets = RT.get_network_number(m->rt);
+  RT.get_network_names(m->rt, &m->net_names);
+  if (m->num_nets <= 0 || !m->net_names) {
+    rc = fail(m, TPC_E_MODEL, "%s holds no networks", bmodel_path);
+    goto out;
+  }
+  if ((rc = describe_nets(m))) goto out;
+  if (m->d.num_device != num_devids) {
+    rc = fail(m, TPC_E_DEVICE,
+              "this bmodel was compiled for %d device%s but %d device id%s given",
+              m->d.num_device, m->d.num_device == 1 ? "" : "s", num_devids, num_devids == 1 ? " was" : "s were");
+    goto out;
+  }
+  if (m->d.num_device > 1) {
+    rc = fail(m, TPC_E_MODEL, "multi-device bmodels are recognised but cannot run yet");
+    goto out;
+  }
+  if ((rc = alloc_state(m))) goto out;
+  rc = tpc_reset(m);
+out:
+  if (rc) {
+    set_err(err, errlen, "%s", m->err);
+    tpc_close(m);
+    return rc;
+  }
+  *out = m;
+  return TPC_OK;
+}
+
+void tpc_close(tpc_model *m) {
+  if (!m) return;
+  if (m->own_kv && m->kv_k && m->kv_v) {
+    for (int i = 0; i < m->d.num_layers; i++) {
+      if (m->kv_k[i].size) RT.free_device(H(m), m->kv_k[i]);
+      if (m->kv_v[i].size) RT.free_device(H(m), m->kv_v[i]);
+    }
+  }
+  if (m->rt) RT.destroy(m->rt);
+  for (int i = 0; i < m->num_handles; i++)
+    if (m->handles[i]) RT.dev_free(m->handles[i]);
+  free((void *)m->net_names);
+  free(m->block);
+  free(m->block_cache);
+  free(m->kv_k);
+  free(m->kv_v);
+  free(m->mask_buf);
+  free(m->ids_buf);
+  free(m->logits);
+  free(m->logits_raw);
+  free(m);
+}
+
+int tpc_describe(const tpc_model *m, tpc_desc *out) {
+  if (!m || !out) return TPC_E_ARG;
+  *out = m->d;
+  return TPC_OK;
+}
+
+int tpc_net_info_at(const tpc_model *m, int index, tpc_net_info *out) {
+  if (!m || !out || index < 0 || index >= m->num_nets) return TPC_E_ARG;
+  net_t n = RT.get_network_info(m->rt, m->net_names[index]);
+  if (!n) return TPC_E_ARG;
+  out->name = n->name;
+  out->is_dynamic = n->is_dynamic;
+  out->num_inputs = n->input_num;
+  out->num_outputs = n->output_num;
+  out->num_stages = n->stage_num;
+  out->addr_mode = RT.new_net_info ? n->addr_mode : 0;
+  return TPC_OK;
+}
+
+int tpc_net_tensor(const tpc_model *m, int net_index, int is_output, int index, int stage,
+                   tpc_tensor_info *out) {
+  if (!m || !out || net_index < 0 || net_index >= m->num_nets) return TPC_E_ARG;
+  net_t n = RT.get_network_info(m->rt, m->net_names[net_index]);
+  if (!n || stage < 0 || stage >= n->stage_num) return TPC_E_ARG;
+  int count = is_output ? n->output_num : n->input_num;
+  if (index < 0 || index >= count) return TPC_E_ARG;
+  const bmapi_shape_t *s = is_output ? &n->stages[stage].output_shapes[index]
+                                     : &n->stages[stage].input_shapes[index];
+  out->name = is_output ? n->output_names[index] : n->input_names[index];
+  out->dtype = is_output ? n->output_dtypes[index] : n->input_dtypes[index];
+  out->num_dims = s->num_dims;
+  for (int i = 0; i < 8; i++) out->dims[i] = i < s->num_dims ? s->dims[i] : 0;
+  const int *loc = RT.new_net_info ? (is_output ? n->output_loc_devices : n->input_loc_devices) : NULL;
+  out->device = loc ? loc[index] : 0;
+  return TPC_OK;
+}
+
+int tpc_device_stat_at(const tpc_model *m, int index, tpc_device_stat *out) {
+  if (!m || !out || index < 0 || index >= m->num_handles) return TPC_E_ARG;
+  fill_stat(m->handles[index], m->devids[index], out);
+  return TPC_OK;
+}

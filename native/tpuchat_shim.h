@@ -1,0 +1,126 @@
+/*
+ * tpuchat_shim.h - a small LLM runner over libsophon's runtime.
+ *
+ * The shim loads one bmodel that follows the LLM-TPU / llm_convert network
+ * convention (embedding, block_N, block_cache_N, lm_head, optional heads),
+ * keeps the KV cache on the device and turns token ids into the next token
+ * id.  It knows nothing of text or chat.  Everything crossing this API is an
+ * int, a pointer or a flat array, so cffi's ABI never sees a runtime struct.
+ *
+ * Every function that can fail returns 0 on success or a negative TPC_E_*
+ * code; tpc_error() then holds a one-line explanation.
+ */
+#ifndef TPUCHAT_SHIM_H
+#define TPUCHAT_SHIM_H
+/* cdef-begin */
+
+#define TPC_OK 0
+#define TPC_E_ARG -1      /* bad argument from the caller */
+#define TPC_E_LIB -2      /* runtime library missing or incomplete */
+#define TPC_E_DEVICE -3   /* device cannot be opened / does not exist */
+#define TPC_E_LOAD -4     /* bmodel cannot be loaded */
+#define TPC_E_MODEL -5    /* bmodel loaded but is not a usable LLM bmodel */
+#define TPC_E_RUNTIME -6  /* a runtime call failed during inference */
+#define TPC_E_FULL -7     /* the KV cache is full (position reached kv_len) */
+#define TPC_E_NOMEM -8    /* host or device allocation failed */
+
+/* What a bmodel is, read from its nets. */
+typedef struct {
+  int num_nets;
+  int num_layers;       /* number of block_N nets */
+  int seq_len;          /* S: longest prefill (largest block_0 stage) */
+  int kv_len;           /* L: KV history rows of block_cache_N */
+  int hidden_size;
+  int kv_heads;
+  int head_dim;
+  int float_dtype;      /* runtime dtype code of hidden states: 1 f16, 8 bf16 */
+  int mask_dtype;       /* dtype code of the attention masks */
+  int addr_mode;        /* 1 = io_alone (KV cache lives in block_cache IO) */
+  int is_dynamic;       /* prefill nets take the real length */
+  int prefill_has_mask; /* static prefill takes an explicit mask input */
+  int num_stages;       /* stages of block_0 */
+  int stage_seq_len[8]; /* S of each stage */
+  int num_device;       /* devices the bmodel was compiled for */
+  int lm_head_kind;     /* 0 none, 1 top-1 token on device, 2 logits */
+  int logits_dtype;     /* dtype code of lm_head logits (kind 2) */
+  int vocab_size;       /* logits width, 0 when lm_head is top-1 */
+  int has_embedding_cache;
+  int has_greedy_head;
+  int has_sample_head;          /* sample_head */
+  int has_penalty_sample_head;  /* penalty_sample_head (older builds) */
+  int has_block_kv;             /* block_kv_N (--use_history_kv) */
+  int new_net_info;             /* runtime exposes addr_mode / devices */
+  long long kv_cache_bytes;     /* device bytes of the whole KV cache */
+} tpc_desc;
+
+/* One tensor of one net (for inspection). */
+typedef struct {
+  const char *name;
+  int dtype;
+  int num_dims;
+  int dims[8];
+  int device;           /* device index the tensor lives on (0 if unknown) */
+} tpc_tensor_info;
+
+typedef struct {
+  const char *name;
+  int is_dynamic;
+  int num_inputs;
+  int num_outputs;
+  int num_stages;
+  int addr_mode;
+} tpc_net_info;
+
+/* Device memory in MB, from the driver. */
+typedef struct {
+  int devid;
+  int mem_total_mb;
+  int mem_used_mb;
+  int tpu_util;
+} tpc_device_stat;
+
+/* Timings of the last prefill/decode call, in microseconds. */
+typedef struct {
+  double total_us;     /* wall time of the whole call */
+  double device_us;    /* time inside runtime calls: launches, syncs, copies */
+  double host_us;      /* total - device: the shim's own work */
+  int launches;        /* runtime launches in the call */
+  int copies;          /* host<->device and device<->device copies */
+} tpc_timing;
+
+typedef struct tpc_model tpc_model;
+
+/* Runtime library (process-wide). lib_dir holds libbmlib/libbmrt. */
+int tpc_runtime_load(const char *lib_dir, char *err, int errlen);
+int tpc_device_count(int *count, char *err, int errlen);
+int tpc_device_stat_of(int devid, tpc_device_stat *out, char *err, int errlen);
+
+/* Model lifetime.  On failure *out is NULL and err holds the reason. */
+int tpc_open(const char *bmodel_path, const int *devids, int num_devids,
+             tpc_model **out, char *err, int errlen);
+void tpc_close(tpc_model *m);
+const char *tpc_error(const tpc_model *m);
+
+/* Description and inspection. */
+int tpc_describe(const tpc_model *m, tpc_desc *out);
+int tpc_net_info_at(const tpc_model *m, int index, tpc_net_info *out);
+int tpc_net_tensor(const tpc_model *m, int net_index, int is_output, int index,
+                   int stage, tpc_tensor_info *out);
+int tpc_device_stat_at(const tpc_model *m, int index, tpc_device_stat *out);
+
+/* Inference.  prefill starts a fresh sequence at position 0 with n ids
+ * (1 <= n <= seq_len) and returns the next token; decode feeds one token at
+ * the current position and returns the next one.  Greedy selection happens
+ * on the device when the bmodel can (top-1 lm_head or greedy_head), on the
+ * host from logits otherwise. */
+int tpc_prefill(tpc_model *m, const int *ids, int n, int *next_token);
+int tpc_decode(tpc_model *m, int token, int *next_token);
+int tpc_reset(tpc_model *m);
+int tpc_position(const tpc_model *m);
+int tpc_last_timing(const tpc_model *m, tpc_timing *out);
+
+/* Logits of the last step (lm_head kind 2 only): copies vocab_size floats. */
+int tpc_last_logits(tpc_model *m, float *out, int n);
+
+/* cdef-end */
+#endif

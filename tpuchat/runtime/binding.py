@@ -1,0 +1,268 @@
+"""Thin Python wrapper over the C shim: every return code is checked and
+turned into a TpuchatError with the shim's one-line message."""
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from ..errors import ContextFull, DeviceError, EngineCrashed, ModelError, PromptTooLong, RuntimeNotFound, TpuchatError
+
+DTYPE_NAMES = {0: "f32", 1: "f16", 2: "int8", 3: "uint8", 4: "int16", 5: "uint16", 6: "int32", 7: "uint32", 8: "bf16"}
+_ERRLEN = 512
+
+
+def _shim():
+    try:
+        from .. import _shim  # built by cffi at install time
+    except ImportError as e:  # pragma: no cover - a broken install
+        raise RuntimeNotFound(f"tpuchat's native shim is not built ({e}); reinstall with pip install -e .") from None
+    return _shim
+
+
+def _raise(code: int, message: str):
+    lib = _shim().lib
+    cls = {
+        lib.TPC_E_LIB: RuntimeNotFound,
+        lib.TPC_E_DEVICE: DeviceError,
+        lib.TPC_E_LOAD: ModelError,
+        lib.TPC_E_MODEL: ModelError,
+        lib.TPC_E_FULL: ContextFull,
+        lib.TPC_E_RUNTIME: EngineCrashed,
+    }.get(code, TpuchatError)
+    if code == lib.TPC_E_ARG and "longer than" in message:
+        cls = PromptTooLong
+    raise cls(message)
+
+
+def _err_buf():
+    return _shim().ffi.new("char[]", _ERRLEN)
+
+
+def _text(ffi, buf) -> str:
+    return ffi.string(buf).decode("utf-8", "replace")
+
+
+def load_runtime(lib_dir: str) -> None:
+    s = _shim()
+    err = _err_buf()
+    rc = s.lib.tpc_runtime_load(str(lib_dir).encode(), err, _ERRLEN)
+    if rc:
+        _raise(rc, _text(s.ffi, err))
+
+
+def device_count() -> int:
+    s = _shim()
+    err = _err_buf()
+    n = s.ffi.new("int *")
+    rc = s.lib.tpc_device_count(n, err, _ERRLEN)
+    if rc:
+        _raise(rc, _text(s.ffi, err))
+    return n[0]
+
+
+@dataclass
+class DeviceStat:
+    devid: int
+    mem_total_mb: int
+    mem_used_mb: int
+    tpu_util: int
+
+
+def device_stat(devid: int) -> DeviceStat:
+    s = _shim()
+    err = _err_buf()
+    out = s.ffi.new("tpc_device_stat *")
+    rc = s.lib.tpc_device_stat_of(devid, out, err, _ERRLEN)
+    if rc:
+        _raise(rc, _text(s.ffi, err))
+    return DeviceStat(out.devid, out.mem_total_mb, out.mem_used_mb, out.tpu_util)
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: List[int]
+    device: int
+
+
+@dataclass
+class NetInfo:
+    name: str
+    dynamic: bool
+    addr_mode: int
+    stages: List[Dict[str, List[TensorInfo]]]
+
+
+@dataclass
+class ModelDesc:
+    """What a bmodel is, as read from its nets by the shim."""
+
+    path: str
+    file_size: int
+    chip: Optional[str]
+    toolchain: Optional[str]
+    num_layers: int
+    seq_len: int
+    kv_len: int
+    hidden_size: int
+    kv_heads: int
+    head_dim: int
+    dtype: str
+    quantization: str
+    addr_mode: int
+    dynamic: bool
+    prefill_has_mask: bool
+    stages: List[int]
+    num_device: int
+    lm_head: str  # "top1" or "logits"
+    vocab_size: int
+    heads: List[str]
+    block_kv: bool
+    kv_cache_bytes: int
+    nets: List[str]
+    devices: List[DeviceStat] = field(default_factory=list)
+
+    @property
+    def can_sample(self) -> bool:
+        return self.lm_head == "logits" or "sample_head" in self.heads or "penalty_sample_head" in self.heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Model:
+    """One loaded bmodel on one or more devices."""
+
+    def __init__(self, bmodel_path: str, devids: Sequence[int]):
+        s = _shim()
+        self._ffi, self._lib = s.ffi, s.lib
+        err = _err_buf()
+        ids = self._ffi.new("int[]", list(devids))
+        out = self._ffi.new("tpc_model **")
+        rc = self._lib.tpc_open(str(bmodel_path).encode(), ids, len(devids), out, err, _ERRLEN)
+        if rc:
+            _raise(rc, _text(self._ffi, err))
+        self._m = out[0]
+        self._next = self._ffi.new("int *")
+        self._timing = self._ffi.new("tpc_timing *")
+        self.devids = list(devids)
+
+    # -- inference -------------------------------------------------------
+    def _check(self, rc: int):
+        if rc:
+            _raise(rc, _text(self._ffi, self._lib.tpc_error(self._m)))
+
+    def prefill(self, ids: Sequence[int]) -> int:
+        buf = self._ffi.new("int[]", list(ids))
+        self._check(self._lib.tpc_prefill(self._m, buf, len(ids), self._next))
+        return self._next[0]
+
+    def decode(self, token: int) -> int:
+        self._check(self._lib.tpc_decode(self._m, token, self._next))
+        return self._next[0]
+
+    def reset(self) -> None:
+        self._check(self._lib.tpc_reset(self._m))
+
+    @property
+    def position(self) -> int:
+        return self._lib.tpc_position(self._m)
+
+    def last_timing(self):
+        """(total_us, device_us, host_us, launches, copies) of the last call."""
+        self._lib.tpc_last_timing(self._m, self._timing)
+        t = self._timing
+        return t.total_us, t.device_us, t.host_us, t.launches, t.copies
+
+    def last_logits(self, vocab_size: int):
+        buf = self._ffi.new("float[]", vocab_size)
+        self._check(self._lib.tpc_last_logits(self._m, buf, vocab_size))
+        return list(buf)
+
+    # -- description -----------------------------------------------------
+    def _tensor(self, net: int, is_output: int, idx: int, stage: int) -> TensorInfo:
+        t = self._ffi.new("tpc_tensor_info *")
+        self._check(self._lib.tpc_net_tensor(self._m, net, is_output, idx, stage, t))
+        return TensorInfo(
+            self._ffi.string(t.name).decode(),
+            DTYPE_NAMES.get(t.dtype, str(t.dtype)),
+            [t.dims[i] for i in range(t.num_dims)],
+            t.device,
+        )
+
+    def nets(self) -> List[NetInfo]:
+        d = self._ffi.new("tpc_desc *")
+        self._lib.tpc_describe(self._m, d)
+        out = []
+        info = self._ffi.new("tpc_net_info *")
+        for i in range(d.num_nets):
+            self._check(self._lib.tpc_net_info_at(self._m, i, info))
+            stages = []
+            for s in range(info.num_stages):
+                stages.append(
+                    {
+                        "inputs": [self._tensor(i, 0, k, s) for k in range(info.num_inputs)],
+                        "outputs": [self._tensor(i, 1, k, s) for k in range(info.num_outputs)],
+                    }
+                )
+            out.append(NetInfo(self._ffi.string(info.name).decode(), bool(info.is_dynamic), info.addr_mode, stages))
+        return out
+
+    def describe(self, file_info) -> ModelDesc:
+        d = self._ffi.new("tpc_desc *")
+        self._lib.tpc_describe(self._m, d)
+        nets = self.nets()
+        names = [n.name for n in nets]
+        heads = [h for h in ("greedy_head", "sample_head", "penalty_sample_head") if h in names]
+        devices = []
+        st = self._ffi.new("tpc_device_stat *")
+        for i in range(len(self.devids)):
+            if self._lib.tpc_device_stat_at(self._m, i, st) == 0:
+                devices.append(DeviceStat(st.devid, st.mem_total_mb, st.mem_used_mb, st.tpu_util))
+        dtype = DTYPE_NAMES.get(d.float_dtype, "?")
+        return ModelDesc(
+            path=str(file_info.path),
+            file_size=file_info.size,
+            chip=file_info.chip,
+            toolchain=file_info.toolchain,
+            num_layers=d.num_layers,
+            seq_len=d.seq_len,
+            kv_len=d.kv_len,
+            hidden_size=d.hidden_size,
+            kv_heads=d.kv_heads,
+            head_dim=d.head_dim,
+            dtype=dtype,
+            quantization=_guess_quant(str(file_info.path), nets, dtype),
+            addr_mode=d.addr_mode,
+            dynamic=bool(d.is_dynamic),
+            prefill_has_mask=bool(d.prefill_has_mask),
+            stages=[d.stage_seq_len[i] for i in range(d.num_stages)],
+            num_device=d.num_device,
+            lm_head="top1" if d.lm_head_kind == 1 else "logits",
+            vocab_size=d.vocab_size,
+            heads=heads,
+            block_kv=bool(d.has_block_kv),
+            kv_cache_bytes=d.kv_cache_bytes,
+            nets=names,
+            devices=devices,
+        )
+
+    def close(self) -> None:
+        if self._m is not None:
+            self._lib.tpc_close(self._m)
+            self._m = None
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _guess_quant(path: str, nets, dtype: str) -> str:
+    """Weights' quantisation is not visible in the net IO; llm_convert and
+    LLM-TPU name their files with it (qwen2-7b_w4bf16_seq512.bmodel)."""
+    import re
+
+    m = re.search(r"(w4bf16|w8bf16|w4f16|w8f16|int4|int8|bf16|f16|fp16)", path.rsplit("/", 1)[-1].lower())
+    return m.group(1) if m else dtype

@@ -1,0 +1,120 @@
+"""The engine: a loaded bmodel that turns prompt ids into a stream of tokens
+and measures first-token latency, tokens/s and the device/host split."""
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+from ..errors import PromptTooLong, TpuchatError
+from .binding import Model, ModelDesc, load_runtime
+from .bmodel_file import check_bmodel_file
+from .libfind import RuntimeLocation, find_runtime
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ftl_s: float = 0.0  # prompt in -> first token out (the prefill call)
+    decode_s: float = 0.0  # wall time of all decode steps
+    tokens_per_s: float = 0.0  # decode steps per second
+    device_ms_per_token: float = 0.0  # per decode step, inside runtime calls
+    host_us_per_token: float = 0.0  # per decode step, everything else (shim + Python)
+    prefill_device_s: float = 0.0
+    launches_per_token: float = 0.0
+    copies_per_token: float = 0.0
+    stop_reason: str = ""  # eos | max_tokens | context_full | cancelled
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Engine:
+    """A bmodel opened on one or more devices (in this process)."""
+
+    def __init__(self, bmodel: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] = None):
+        file_info = check_bmodel_file(bmodel)
+        self.runtime: RuntimeLocation = find_runtime(lib_dir)
+        load_runtime(str(self.runtime.path))
+        self.model = Model(str(file_info.path), list(devids))
+        self.desc: ModelDesc = self.model.describe(file_info)
+        self.stats = GenerationStats()
+
+    def check_prompt(self, n: int) -> None:
+        if n < 1:
+            raise PromptTooLong("the prompt is empty")
+        if n > self.desc.seq_len:
+            raise PromptTooLong(
+                f"the prompt has {n} tokens but this bmodel prefills at most {self.desc.seq_len}; "
+                "shorten it or use a bmodel compiled with a longer --seq_length"
+            )
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int = 256,
+        stop_ids: Iterable[int] = (),
+        should_stop: Optional[Callable[[], bool]] = None,
+    ) -> Iterator[int]:
+        """Yield generated token ids (stop tokens are not yielded).
+
+        self.stats is complete once the iterator is exhausted."""
+        ids = list(prompt_ids)
+        self.check_prompt(len(ids))
+        stops = set(stop_ids)
+        st = self.stats = GenerationStats(prompt_tokens=len(ids))
+        if max_new_tokens < 1:
+            st.stop_reason = "max_tokens"
+            return
+        model = self.model
+        clock = time.perf_counter
+        t0 = clock()
+        token = model.prefill(ids)
+        st.ftl_s = clock() - t0
+        st.prefill_device_s = model.last_timing()[1] / 1e6
+        device_us = host_us = launches = copies = 0.0
+        steps = 0
+        kv_len = self.desc.kv_len
+        while True:
+            if token in stops:
+                st.stop_reason = "eos"
+                break
+            st.new_tokens += 1
+            yield token
+            if st.new_tokens >= max_new_tokens:
+                st.stop_reason = "max_tokens"
+                break
+            if should_stop is not None and should_stop():
+                st.stop_reason = "cancelled"
+                break
+            if model.position >= kv_len:
+                st.stop_reason = "context_full"
+                break
+            t = clock()
+            token = model.decode(token)
+            wall = clock() - t
+            _, dev, _, n_launch, n_copy = model.last_timing()
+            steps += 1
+            st.decode_s += wall
+            device_us += dev
+            host_us += wall * 1e6 - dev
+            launches += n_launch
+            copies += n_copy
+        if steps:
+            st.tokens_per_s = steps / st.decode_s if st.decode_s > 0 else 0.0
+            st.device_ms_per_token = device_us / steps / 1e3
+            st.host_us_per_token = host_us / steps
+            st.launches_per_token = launches / steps
+            st.copies_per_token = copies / steps
+
+    def close(self) -> None:
+        self.model.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["Engine", "GenerationStats", "TpuchatError"]
