@@ -236,6 +236,7 @@ struct tpc_model {
   const char **net_names; /* from the runtime; we free the array */
   int num_nets;
   tpc_desc d;
+  int cache_stage;        /* block_cache stage with the longest KV history */
 
   net_t embedding, embedding_cache, lm_head, greedy_head;
   net_t *block, *block_cache; /* [num_layers] */
@@ -253,7 +254,8 @@ struct tpc_model {
   int last_token;
   unsigned short *mask_buf; /* host scratch for masks */
   size_t mask_buf_elems;
-  int32_t *ids_buf;       /* host scratch for ids / positions (seq_len) */
+  int32_t *ids_buf;       /* host scratch for ids / positions */
+  int ids_cap;            /* its length: the longest prefill or embedding input */
   float *logits;          /* host copy of the last logits (lm_head kind 2) */
   void *logits_raw;
   tpc_timing timing;
@@ -362,7 +364,13 @@ static int describe_nets(tpc_model *m) {
     d->stage_seq_len[s] = b0->stages[s].input_shapes[0].dims[1];
     if (d->stage_seq_len[s] > d->seq_len) d->seq_len = d->stage_seq_len[s];
   }
-  const bmapi_shape_t *hk = &c0->stages[0].input_shapes[3];
+  /* Decode nets may come in several stages (shorter KV histories, e.g. with
+   * --use_history_kv); the cache is sized for the longest one. */
+  m->cache_stage = 0;
+  for (int s = 1; s < c0->stage_num; s++)
+    if (c0->stages[s].input_shapes[3].dims[1] > c0->stages[m->cache_stage].input_shapes[3].dims[1])
+      m->cache_stage = s;
+  const bmapi_shape_t *hk = &c0->stages[m->cache_stage].input_shapes[3];
   const bmapi_shape_t *hid = &b0->stages[0].input_shapes[0];
   d->hidden_size = hid->dims[hid->num_dims - 1];
   d->kv_len = hk->dims[1];
@@ -377,7 +385,7 @@ static int describe_nets(tpc_model *m) {
                 d->float_dtype);
   if (d->mask_dtype != BMAPI_BF16 && d->mask_dtype != BMAPI_F16)
     return fail(m, TPC_E_MODEL, "attention mask is dtype %d; expected bf16 or f16", d->mask_dtype);
-  const bmapi_shape_t *cmask = &c0->stages[0].input_shapes[2];
+  const bmapi_shape_t *cmask = &c0->stages[m->cache_stage].input_shapes[2];
   if (cmask->dims[cmask->num_dims - 1] != d->kv_len + 1)
     return fail(m, TPC_E_MODEL, "decode mask has %d columns, expected kv_len + 1 = %d",
                 cmask->dims[cmask->num_dims - 1], d->kv_len + 1);
@@ -425,6 +433,11 @@ static bmapi_mem_t mem_at(bmapi_mem_t base, size_t offset, size_t size) {
     m->device_us += now_us() - t0_;      \
     r_;                                  \
   })
+
+/* The KV cache of one layer from row `row` to its end. */
+static bmapi_mem_t kv_view(tpc_model *m, bmapi_mem_t cache, int row) {
+  return mem_at(cache, (size_t)row * m->kv_row_bytes, (size_t)(m->d.kv_len - row) * m->kv_row_bytes);
+}
 
 static int upload(tpc_model *m, bmapi_mem_t dst, size_t offset, const void *src, size_t size,
                   const char *what) {
@@ -629,15 +642,19 @@ static int prefill_impl(tpc_model *m, const int *ids, int n, int *next_token) {
 
   /* Token ids and positions, padding zeroed: padded rows still run
    * through the nets and must stay finite. */
-  memset(m->ids_buf, 0, sizeof(int32_t) * (size_t)d->seq_len);
+  memset(m->ids_buf, 0, sizeof(int32_t) * (size_t)m->ids_cap);
   memcpy(m->ids_buf, ids, sizeof(int32_t) * (size_t)n);
   net_t emb = m->embedding;
   int estage = emb->is_dynamic ? 0 : pick_stage(emb, rows);
   if (estage < 0) return fail(m, TPC_E_MODEL, "embedding has no stage for %d tokens", rows);
   bmapi_tensor_t ein[2], eout[2];
   own_tensors(emb, estage, ein, eout);
-  if (emb->is_dynamic) { set_len(&ein[0].shape, rows); }
-  if ((rc = upload(m, ein[0].device_mem, 0, m->ids_buf, sizeof(int32_t) * (size_t)rows, "token ids")))
+  /* A static embedding reads all its rows, even when the blocks are
+   * dynamic: upload the padding too, or it gathers stale ids. */
+  int emb_rows = emb->is_dynamic ? rows : ein[0].shape.dims[1];
+  if (emb->is_dynamic) set_len(&ein[0].shape, rows);
+  if (emb_rows > m->ids_cap) return fail(m, TPC_E_MODEL, "embedding input longer than expected");
+  if ((rc = upload(m, ein[0].device_mem, 0, m->ids_buf, sizeof(int32_t) * (size_t)emb_rows, "token ids")))
     return rc;
   if ((rc = launch(m, emb, ein, eout))) return rc;
 
@@ -645,7 +662,7 @@ static int prefill_impl(tpc_model *m, const int *ids, int n, int *next_token) {
   own_tensors(b0, stage, in, out);
   bmapi_mem_t pos_mem = in[1].device_mem, mask_mem = d->prefill_has_mask ? in[2].device_mem : pos_mem;
   for (int i = 0; i < n; i++) m->ids_buf[i] = i;
-  memset(m->ids_buf + n, 0, sizeof(int32_t) * (size_t)(d->seq_len - n));
+  memset(m->ids_buf + n, 0, sizeof(int32_t) * (size_t)(m->ids_cap - n));
   int mask_rows = 0, mask_cols = 0;
   if (d->prefill_has_mask) {
     const bmapi_shape_t *ms = &b0->stages[stage].input_shapes[2];
@@ -675,8 +692,10 @@ static int prefill_impl(tpc_model *m, const int *ids, int n, int *next_token) {
       in[1].device_mem = pos_mem;
       if (d->prefill_has_mask) in[2].device_mem = mask_mem;
       /* K/V rows go straight into the cache. */
-      out[1].device_mem = mem_at(m->kv_k[i], 0, (size_t)rows * m->kv_row_bytes);
-      out[2].device_mem = mem_at(m->kv_v[i], 0, (size_t)rows * m->kv_row_bytes);
+      /* K/V rows go straight into the cache (a view as large as the net's
+       * biggest output: dynamic nets are checked against it). */
+      out[1].device_mem = kv_view(m, m->kv_k[i], 0);
+      out[2].device_mem = kv_view(m, m->kv_v[i], 0);
     } else {
       if (hidden.device_addr != in[0].device_mem.device_addr &&
           (rc = copy_d2d(m, in[0].device_mem, 0, hidden, 0, (size_t)rows * m->hidden_bytes, "hidden state")))
@@ -755,13 +774,13 @@ static int decode_impl(tpc_model *m, int token, int *next_token) {
 
   bmapi_tensor_t in[8], out[8];
   net_t c0 = m->block_cache[0];
-  own_tensors(c0, 0, in, out);
+  own_tensors(c0, m->cache_stage, in, out);
   bmapi_mem_t pos_mem = in[1].device_mem, mask_mem = in[2].device_mem;
   int32_t pos = p;
   bmapi_mem_t hidden = eout[0].device_mem;
   for (int i = 0; i < d->num_layers; i++) {
     net_t c = m->block_cache[i];
-    own_tensors(c, 0, in, out);
+    own_tensors(c, m->cache_stage, in, out);
     in[3].device_mem = m->kv_k[i];
     in[4].device_mem = m->kv_v[i];
     if (m->direct_io) {
@@ -772,8 +791,8 @@ static int decode_impl(tpc_model *m, int token, int *next_token) {
       in[0].device_mem = hidden;
       in[1].device_mem = pos_mem;
       in[2].device_mem = mask_mem;
-      out[1].device_mem = mem_at(m->kv_k[i], (size_t)p * m->kv_row_bytes, m->kv_row_bytes);
-      out[2].device_mem = mem_at(m->kv_v[i], (size_t)p * m->kv_row_bytes, m->kv_row_bytes);
+      out[1].device_mem = kv_view(m, m->kv_k[i], p);
+      out[2].device_mem = kv_view(m, m->kv_v[i], p);
     } else {
       if ((rc = copy_d2d(m, in[0].device_mem, 0, hidden, 0, m->hidden_bytes, "hidden state"))) return rc;
       if ((rc = upload(m, in[1].device_mem, 0, &pos, 4, "position id"))) return rc;
@@ -846,7 +865,11 @@ static int alloc_state(tpc_model *m) {
   m->direct_io = d->addr_mode == 1;
   m->kv_k = calloc((size_t)L, sizeof(bmapi_mem_t));
   m->kv_v = calloc((size_t)L, sizeof(bmapi_mem_t));
-  m->ids_buf = calloc((size_t)d->seq_len, sizeof(int32_t));
+  m->ids_cap = d->seq_len;
+  for (int s = 0; s < m->embedding->stage_num; s++)
+    if (m->embedding->stages[s].input_shapes[0].dims[1] > m->ids_cap)
+      m->ids_cap = m->embedding->stages[s].input_shapes[0].dims[1];
+  m->ids_buf = calloc((size_t)m->ids_cap, sizeof(int32_t));
   if (!m->kv_k || !m->kv_v || !m->ids_buf) return fail(m, TPC_E_NOMEM, "out of host memory");
   if (d->lm_head_kind == 2) {
     m->logits = calloc((size_t)d->vocab_size, sizeof(float));
@@ -856,8 +879,8 @@ static int alloc_state(tpc_model *m) {
   size_t bytes = (size_t)d->kv_len * m->kv_row_bytes;
   for (int i = 0; i < L; i++) {
     if (m->direct_io) {
-      m->kv_k[i] = m->block_cache[i]->stages[0].input_mems[3];
-      m->kv_v[i] = m->block_cache[i]->stages[0].input_mems[4];
+      m->kv_k[i] = m->block_cache[i]->stages[m->cache_stage].input_mems[3];
+      m->kv_v[i] = m->block_cache[i]->stages[m->cache_stage].input_mems[4];
     } else {
       m->own_kv = 1;
       if (RT.malloc_device_byte(H(m), &m->kv_k[i], (unsigned int)bytes) != 0 ||

@@ -107,6 +107,20 @@ class Engine:
             st.launches_per_token = launches / steps
             st.copies_per_token = copies / steps
 
+    def forced_picks(self, prompt_ids: Sequence[int], continuation: Sequence[int]) -> list:
+        """Teacher forcing: feed `continuation` after the prompt whatever the
+        model picks, and return the model's greedy pick at every step.  Used
+        to compare quantised builds with a reference without one flipped
+        choice derailing the rest."""
+        ids = list(prompt_ids)
+        self.check_prompt(len(ids))
+        picks = [self.model.prefill(ids)]
+        for tok in list(continuation)[:-1]:
+            if self.model.position >= self.desc.kv_len:
+                break
+            picks.append(self.model.decode(tok))
+        return picks
+
     def close(self) -> None:
         self.model.close()
 

@@ -1,0 +1,33 @@
+"""Shared fixtures: the BM1684X simulator and the tiny compiled bmodels.
+
+Simulator tests use the real runtime (Sophgo's libbmrt over the chip's C
+model) on bmodels compiled by the real llm_convert; both are installed and
+built on first use into the user cache, so a second run starts at once.
+"""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def sim_lib():
+    """Directory of the simulator runtime, installed on first use."""
+    from tpuchat.runtime import simulator
+
+    return str(simulator.install(quiet=True))
+
+
+@pytest.fixture(scope="session")
+def build():
+    """build(variant) -> the variant's cache dir (compiled on first use)."""
+    from tests.fixtures import models
+
+    return models.variant_dir
+
+
+@pytest.fixture
+def engine_log(tmp_path):
+    return tmp_path / "engine.log"

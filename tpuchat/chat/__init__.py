@@ -1,0 +1,1 @@
+"""Conversations: history, context budget, sessions (conversation + engine)."""

@@ -1,0 +1,234 @@
+"""The `tpuchat` command line.
+
+Commands stay thin: they parse options, call the runtime/text/chat layers
+through the engine client, and turn TpuchatError into one line on stderr and
+a non-zero exit code.
+"""
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+
+from .errors import EngineCrashed, TpuchatError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    invoke_without_command=True,
+    help="Chat with LLMs compiled to Sophgo BM1684X bmodels (on a board, a PCIe card or the simulator).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+sim_app = typer.Typer(help="The BM1684X simulator (Sophgo's runtime over a C model of the chip).")
+app.add_typer(sim_app, name="sim")
+
+DEFAULT_BENCH_PROMPT = "请使用python写一段冒泡排序算法。"
+
+MODEL_OPT = typer.Option(..., "--model", "-m", help="Path to a .bmodel file.")
+DEVID_OPT = typer.Option("0", "--devid", "-d", help="Device id(s), comma separated: 0 or 2,3.")
+LIB_OPT = typer.Option(None, "--libsophon", help="Directory holding libbmrt/libbmlib (default: search).",
+                       envvar="TPUCHAT_LIBSOPHON")
+TOKENIZER_OPT = typer.Option(None, "--tokenizer", "-t",
+                             help="Tokenizer dir (default: config/ beside the bmodel, then ./token_config).")
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"tpuchat: error: {msg}\n")
+
+
+def _fail(e: TpuchatError) -> "typer.Exit":
+    _err(str(e))
+    tail = getattr(e, "log_tail", "")
+    if isinstance(e, EngineCrashed) and tail:
+        sys.stderr.write("last lines of the engine log:\n" + tail + "\n")
+    return typer.Exit(e.exit_code)
+
+
+def parse_devids(text: str) -> List[int]:
+    try:
+        ids = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise TpuchatError(f"bad device id list {text!r}: use numbers separated by commas, like 0 or 2,3") from None
+    if not ids or any(i < 0 for i in ids):
+        raise TpuchatError(f"bad device id list {text!r}: use numbers separated by commas, like 0 or 2,3")
+    if len(set(ids)) != len(ids):
+        raise TpuchatError(f"device id list {text!r} names a device twice")
+    return ids
+
+
+@app.callback()
+def _root(ctx: typer.Context):
+    """With no command, opens the chat."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+
+
+# --------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------
+
+
+@app.command()
+def info(
+    model: str = typer.Argument(..., help="Path to a .bmodel file."),
+    devid: str = DEVID_OPT,
+    libsophon: Optional[str] = LIB_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    nets: bool = typer.Option(False, "--nets", help="Also list every net's inputs and outputs."),
+):
+    """What a bmodel is: lengths, layers, dtype, heads, devices, memory."""
+    from .runtime.client import EngineClient
+
+    try:
+        with EngineClient() as client:
+            desc = client.open(model, parse_devids(devid), libsophon)
+    except TpuchatError as e:
+        raise _fail(e)
+    if as_json:
+        typer.echo(json.dumps(desc, indent=2, ensure_ascii=False))
+        return
+    from .tables import print_model_table
+
+    print_model_table(desc, show_nets=nets)
+
+
+# --------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------
+
+
+def _read_prompt(prompt: Optional[str]) -> str:
+    if prompt is not None and prompt != "-":
+        return prompt
+    if sys.stdin is None or sys.stdin.isatty():
+        raise TpuchatError("no prompt: pass it as an argument or pipe it on stdin")
+    return sys.stdin.read()
+
+
+@app.command()
+def run(
+    prompt: Optional[str] = typer.Argument(None, help="The prompt; read from stdin when omitted or '-'."),
+    model: str = MODEL_OPT,
+    tokenizer: Optional[str] = TOKENIZER_OPT,
+    devid: str = DEVID_OPT,
+    libsophon: Optional[str] = LIB_OPT,
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", min=1, help="Stop after this many tokens."),
+    no_template: bool = typer.Option(False, "--no-template", help="Tokenize the prompt as-is (raw completion)."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop on end-of-turn tokens."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
+):
+    """One answer to one prompt, streamed, with FTL and tokens/s."""
+    from .chat.oneshot import one_shot
+
+    try:
+        text = _read_prompt(prompt)
+        result = one_shot(
+            model=model,
+            prompt=text,
+            devids=parse_devids(devid),
+            lib_dir=libsophon,
+            tokenizer_dir=tokenizer,
+            max_new_tokens=max_new_tokens,
+            use_template=not no_template,
+            system=system,
+            ignore_eos=ignore_eos,
+            on_text=None if as_json else _stream_out,
+        )
+    except TpuchatError as e:
+        raise _fail(e)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        raise typer.Exit(130)
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        sys.stderr.write(_stats_line(result) + "\n")
+
+
+def _stream_out(delta: str) -> None:
+    sys.stdout.write(delta)
+    sys.stdout.flush()
+
+
+def _stats_line(r: dict) -> str:
+    return (
+        f"FTL {r['ftl_s']:.3f} s | TPS {r['tokens_per_s']:.2f} tokens/s | "
+        f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens ({r['stop_reason']}) | "
+        f"device {r['device_ms_per_token']:.1f} ms/token | host {r['host_us_per_token']:.0f} µs/token"
+    )
+
+
+# --------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    model: str = MODEL_OPT,
+    tokenizer: Optional[str] = TOKENIZER_OPT,
+    devid: str = DEVID_OPT,
+    libsophon: Optional[str] = LIB_OPT,
+    prompt: str = typer.Option(DEFAULT_BENCH_PROMPT, "--prompt", "-p", help="Prompt to answer."),
+    runs: int = typer.Option(3, "--runs", "-r", min=1, help="Measured runs."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=2, help="Tokens per run."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """FTL and tokens/s over several runs (median, min, max), with the device/host split."""
+    from .bench import run_bench
+
+    try:
+        report = run_bench(model, parse_devids(devid), libsophon, tokenizer, prompt, runs, max_new_tokens)
+    except TpuchatError as e:
+        raise _fail(e)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        from .tables import print_bench_table
+
+        print_bench_table(report)
+
+
+# --------------------------------------------------------------------------
+# doctor, sim
+# --------------------------------------------------------------------------
+
+
+@app.command()
+def doctor(libsophon: Optional[str] = LIB_OPT):
+    """Which runtime is found, its devices and memory, and what is missing."""
+    from .doctor import run_doctor
+
+    raise typer.Exit(run_doctor(libsophon))
+
+
+@sim_app.command("install")
+def sim_install(
+    force: bool = typer.Option(False, "--force", help="Reinstall even if present."),
+    wheel: Optional[str] = typer.Option(None, "--wheel", help="Use an already downloaded tpu-mlir wheel."),
+):
+    """Download Sophgo's BM1684X simulator libraries into the user cache."""
+    from pathlib import Path
+
+    from .runtime import simulator
+
+    try:
+        if simulator.installed() and not force:
+            typer.echo(f"simulator already installed in {simulator.simulator_dir(simulator.SIMULATOR_VERSION)}")
+            return
+        target = simulator.install(force=force, wheel=Path(wheel) if wheel else None)
+    except TpuchatError as e:
+        raise _fail(e)
+    typer.echo(f"simulator installed in {target}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Parent side of the engine worker (see worker.py).
+
+All front ends (CLI, chat UI, server) drive the engine through EngineClient.
+If the worker dies, the caller gets EngineCrashed with the exit reason and
+the tail of the log; the next request starts a fresh worker.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+from ..errors import ERROR_TYPES, EngineCrashed, TpuchatError
+from ..paths import state_dir
+
+
+@dataclass
+class TokenEvent:
+    id: int
+
+
+@dataclass
+class DoneEvent:
+    stats: dict
+
+
+def _exit_reason(code: Optional[int]) -> str:
+    if code is None:
+        return "stopped responding"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = {"SIGABRT": " (aborted inside the runtime)", "SIGSEGV": " (crashed)", "SIGKILL": " (killed)"}
+        return f"was killed by {name}{hint.get(name, '')}"
+    return f"exited with code {code}"
+
+
+class EngineClient:
+    """Runs an Engine in a child process and streams its events."""
+
+    def __init__(self, log_path: Optional[Union[str, Path]] = None):
+        self.log_path = Path(log_path) if log_path else state_dir() / "engine.log"
+        self._proc: Optional[subprocess.Popen] = None
+        self._conn = None
+        self.desc: Optional[dict] = None
+        self._open_args: Optional[dict] = None
+
+    # -- process management ----------------------------------------------
+    def _start(self) -> None:
+        from multiprocessing.connection import Connection
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        parent_sock, child_sock = socket.socketpair()
+        log = open(self.log_path, "ab")
+        log.write(f"\n--- engine worker started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+        log.flush()
+        env = dict(os.environ)
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "tpuchat.runtime.worker", str(child_sock.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+                start_new_session=True,  # Ctrl+C in the terminal goes to the parent only
+            )
+        finally:
+            child_sock.close()
+            log.close()
+        self._conn = Connection(parent_sock.detach())
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 12) -> str:
+        try:
+            data = self.log_path.read_bytes()[-8192:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(data.splitlines()[-lines:])
+
+    def _crashed(self) -> EngineCrashed:
+        code = None
+        if self._proc is not None:
+            try:
+                code = self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._drop()
+        err = EngineCrashed(f"the engine process {_exit_reason(code)}; log: {self.log_path}")
+        err.log_tail = self.log_tail()
+        return err
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+        self._conn = None
+        self._proc = None
+
+    def _send(self, op: str, args: dict) -> None:
+        try:
+            self._conn.send((op, args))
+        except (OSError, EOFError):
+            raise self._crashed() from None
+
+    def _recv(self):
+        try:
+            while not self._conn.poll(0.2):
+                if not self._alive():
+                    # The child may have sent its last words before dying.
+                    if self._conn.poll(0):
+                        break
+                    raise self._crashed()
+            return self._conn.recv()
+        except (OSError, EOFError):
+            raise self._crashed() from None
+
+    @staticmethod
+    def _raise_error(payload) -> None:
+        kind, message = payload
+        raise ERROR_TYPES.get(kind, TpuchatError)(message)
+
+    # -- API ---------------------------------------------------------------
+    def open(self, bmodel: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] = None) -> dict:
+        """Load a bmodel; returns its description (ModelDesc as a dict)."""
+        if not self._alive():
+            self._drop()
+            self._start()
+        self._open_args = {"bmodel": str(bmodel), "devids": list(devids), "lib_dir": lib_dir}
+        self._send("open", self._open_args)
+        ev, payload = self._recv()
+        if ev == "error":
+            self._raise_error(payload)
+        self.desc = payload
+        return payload
+
+    def devices(self, lib_dir: Optional[str] = None) -> dict:
+        """Which runtime the worker finds, the device count and each device's memory."""
+        if not self._alive():
+            self._drop()
+            self._start()
+        self._send("devices", {"lib_dir": lib_dir})
+        ev, payload = self._recv()
+        if ev == "error":
+            self._raise_error(payload)
+        return payload
+
+    def ensure_open(self) -> None:
+        """Restart the worker and reload the model after a crash."""
+        if not self._alive() and self._open_args is not None:
+            a = self._open_args
+            self.open(a["bmodel"], a["devids"], a["lib_dir"])
+
+    def generate(
+        self, ids: Sequence[int], max_new_tokens: int = 256, stop_ids: Sequence[int] = ()
+    ) -> Iterator[Union[TokenEvent, DoneEvent]]:
+        self.ensure_open()
+        if not self._alive():
+            raise TpuchatError("no model is open")
+        self._send("generate", {"ids": list(ids), "max_new_tokens": max_new_tokens, "stop_ids": list(stop_ids)})
+        while True:
+            ev, payload = self._recv()
+            if ev == "token":
+                yield TokenEvent(payload)
+            elif ev == "done":
+                yield DoneEvent(payload)
+                return
+            elif ev == "error":
+                self._raise_error(payload)
+
+    def forced_picks(self, ids: Sequence[int], continuation: Sequence[int]) -> list:
+        """The model's greedy pick after the prompt and after each forced token."""
+        self.ensure_open()
+        self._send("forced_picks", {"ids": list(ids), "continuation": list(continuation)})
+        ev, payload = self._recv()
+        if ev == "error":
+            self._raise_error(payload)
+        return payload
+
+    def cancel(self) -> None:
+        """Stop the running generation within one token (a done event follows)."""
+        if self._alive():
+            self._send("cancel", {})
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc else None
+
+    def close(self) -> None:
+        if self._alive():
+            try:
+                self._conn.send(("close", {}))
+                self._proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+        self._drop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
