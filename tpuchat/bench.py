@@ -13,8 +13,10 @@ def _spread(values: List[float]) -> dict:
 
 def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokenizer_dir: Optional[str],
               prompt: str, runs: int, max_new_tokens: int) -> dict:
+    from .runtime.bmodel_file import check_bmodel_file
     from .text import find_tokenizer_dir, load_tokenizer
 
+    check_bmodel_file(model)
     tok = load_tokenizer(find_tokenizer_dir(tokenizer_dir, model))
     ids = encode_prompt(tok, prompt, True, None)
     records = []

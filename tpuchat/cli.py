@@ -58,10 +58,86 @@ def parse_devids(text: str) -> List[int]:
 
 
 @app.callback()
-def _root(ctx: typer.Context):
-    """With no command, opens the chat."""
-    if ctx.invoked_subcommand is None:
+def _root(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Open the chat with this .bmodel."),
+    devid: str = DEVID_OPT,
+    tokenizer: Optional[str] = TOKENIZER_OPT,
+    libsophon: Optional[str] = LIB_OPT,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+):
+    """With --model and no command, opens the chat."""
+    if version:
+        from . import __version__
+
+        typer.echo(f"tpuchat {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None:
         typer.echo(ctx.get_help())
+        typer.echo("\nFirst time here? `tpuchat demo` sets up the simulator and a tiny model and opens the chat.")
+        raise typer.Exit(0)
+    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, 512, None))
+
+
+def _chat(model, devid, tokenizer, libsophon, max_new_tokens, system) -> int:
+    from .chat.plain import run_plain_chat
+
+    try:
+        return run_plain_chat(model, parse_devids(devid), libsophon, tokenizer, max_new_tokens, system)
+    except TpuchatError as e:
+        raise _fail(e)
+
+
+@app.command()
+def chat(
+    model: str = MODEL_OPT,
+    devid: str = DEVID_OPT,
+    tokenizer: Optional[str] = TOKENIZER_OPT,
+    libsophon: Optional[str] = LIB_OPT,
+    plain: bool = typer.Option(True, "--plain", help="Line-based chat (the only mode for now)."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", "-n", min=1, help="Longest answer."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+):
+    """Multi-turn chat in the terminal, streaming, with FTL and TPS after each answer."""
+    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, max_new_tokens, system))
+
+
+@app.command()
+def demo(
+    devid: str = DEVID_OPT,
+    build_only: bool = typer.Option(False, "--build-only", help="Prepare everything, do not open the chat."),
+):
+    """First run: the simulator if no Sophgo runtime is found, a tiny demo model, then the chat.
+
+    The demo model has random weights (it answers gibberish); it shows the
+    whole path on any PC.  Building it installs TPU-MLIR's compiler once
+    (a Python 3.10 venv of about 6 GB, a few minutes)."""
+    from .runtime import simulator
+    from .runtime.libfind import find_runtime
+
+    try:
+        try:
+            loc = find_runtime()
+            typer.echo(f"runtime: {loc.kind} at {loc.path}")
+        except TpuchatError:
+            typer.echo("no Sophgo runtime found: installing the BM1684X simulator")
+            simulator.install()
+        from .compiler.build import bmodel_path, build
+
+        typer.echo("demo model: building (or reusing) a tiny random-weight Qwen2 with TPU-MLIR's llm_convert")
+        build("demo")
+        path = bmodel_path("demo")
+        typer.echo(f"demo model: {path}")
+    except TpuchatError as e:
+        raise _fail(e)
+    except RuntimeError as e:  # the builder's BuildError
+        _err(str(e).splitlines()[0])
+        raise typer.Exit(1)
+    if build_only:
+        return
+    raise typer.Exit(_chat(str(path), devid, None, None, 128, None))
 
 
 # --------------------------------------------------------------------------

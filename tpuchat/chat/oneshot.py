@@ -50,8 +50,10 @@ def one_shot(model: str, prompt: str, devids: Sequence[int] = (0,), lib_dir: Opt
              tokenizer_dir: Optional[str] = None, max_new_tokens: int = 256, use_template: bool = True,
              system: Optional[str] = None, ignore_eos: bool = False,
              on_text: Optional[Callable[[str], None]] = None) -> dict:
+    from ..runtime.bmodel_file import check_bmodel_file
     from ..text import find_tokenizer_dir, load_tokenizer
 
+    check_bmodel_file(model)  # a bad model path is the more basic error
     tok = load_tokenizer(find_tokenizer_dir(tokenizer_dir, model))
     ids = encode_prompt(tok, prompt, use_template, system)
     with EngineClient() as client:

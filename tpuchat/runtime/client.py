@@ -51,6 +51,7 @@ class EngineClient:
         self._conn = None
         self.desc: Optional[dict] = None
         self._open_args: Optional[dict] = None
+        self._gen = 0  # id of the latest generation
 
     # -- process management ----------------------------------------------
     def _start(self) -> None:
@@ -167,19 +168,37 @@ class EngineClient:
     def generate(
         self, ids: Sequence[int], max_new_tokens: int = 256, stop_ids: Sequence[int] = ()
     ) -> Iterator[Union[TokenEvent, DoneEvent]]:
+        """Stream one answer.  Abandoning the iterator early cancels the
+        generation and drops its remaining events."""
         self.ensure_open()
         if not self._alive():
             raise TpuchatError("no model is open")
-        self._send("generate", {"ids": list(ids), "max_new_tokens": max_new_tokens, "stop_ids": list(stop_ids)})
-        while True:
-            ev, payload = self._recv()
-            if ev == "token":
-                yield TokenEvent(payload)
-            elif ev == "done":
-                yield DoneEvent(payload)
-                return
-            elif ev == "error":
-                self._raise_error(payload)
+        self._gen += 1
+        gen = self._gen
+        self._send("generate", {"ids": list(ids), "max_new_tokens": max_new_tokens,
+                                "stop_ids": list(stop_ids), "gen": gen})
+        finished = False
+        try:
+            while True:
+                ev, payload = self._recv()
+                if ev == "error":
+                    finished = True
+                    self._raise_error(payload)
+                tag, value = payload
+                if tag != gen:
+                    continue  # left over from an abandoned generation
+                if ev == "token":
+                    yield TokenEvent(value)
+                elif ev == "done":
+                    finished = True
+                    yield DoneEvent(value)
+                    return
+        finally:
+            if not finished and self._alive():
+                try:
+                    self._send("cancel", {})
+                except TpuchatError:
+                    pass
 
     def forced_picks(self, ids: Sequence[int], continuation: Sequence[int]) -> list:
         """The model's greedy pick after the prompt and after each forced token."""

@@ -61,11 +61,12 @@ def _serve(conn) -> None:
                             pending.append(req)
                     return cancelled
 
+                gen = args.get("gen", 0)  # tags events so the parent can drop stale ones
                 for tok in engine.generate(
                     args["ids"], args.get("max_new_tokens", 256), args.get("stop_ids", ()), should_stop
                 ):
-                    conn.send(("token", tok))
-                conn.send(("done", engine.stats.to_dict()))
+                    conn.send(("token", (gen, tok)))
+                conn.send(("done", (gen, engine.stats.to_dict())))
             elif op == "forced_picks":
                 if engine is None:
                     raise TpuchatError("no model is open")
