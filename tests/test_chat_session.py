@@ -9,6 +9,7 @@ import pytest
 
 from tests.fixtures import models
 from tpuchat.chat.plain import PlainChat
+from tpuchat.chat.session import ChatModel
 from tpuchat.runtime.client import EngineClient
 from tpuchat.text import load_tokenizer
 
@@ -33,12 +34,11 @@ class KillAfter(io.StringIO):
 
 def test_worker_killed_mid_answer_keeps_the_conversation(sim_lib, build, tmp_path):
     build("qwen2-bf16")
-    tok = load_tokenizer(models.tokenizer_dir("qwen2-bf16"))
     client = EngineClient(tmp_path / "engine.log")
     try:
-        desc = client.open(str(models.bmodel_path("qwen2-bf16")), [0], sim_lib)
-        out, err = KillAfter(client, 2), io.StringIO()
-        chat = PlainChat(client, tok, desc, max_new_tokens=6, system=None, out=out, err=err)
+        model = ChatModel(str(models.bmodel_path("qwen2-bf16")), [0], sim_lib, client=client)
+        out, err = KillAfter(client, 1), io.StringIO()
+        chat = PlainChat(model, max_new_tokens=12, system=None, out=out, err=err)
 
         chat.answer("First question")
         assert [m.role for m in chat.conv.messages] == ["user", "assistant"]
@@ -62,9 +62,9 @@ def test_turn_prompts_follow_the_template(sim_lib, build, tmp_path):
     build("qwen2-bf16")
     tok = load_tokenizer(models.tokenizer_dir("qwen2-bf16"))
     with EngineClient(tmp_path / "engine.log") as client:
-        desc = client.open(str(models.bmodel_path("qwen2-bf16")), [0], sim_lib)
-        chat = PlainChat(client, tok, desc, max_new_tokens=3, system="Be brief.", out=io.StringIO(),
-                         err=io.StringIO())
+        model = ChatModel(str(models.bmodel_path("qwen2-bf16")), [0], sim_lib, client=client)
+        desc = model.desc
+        chat = PlainChat(model, max_new_tokens=3, system="Be brief.", out=io.StringIO(), err=io.StringIO())
         chat.answer("Hi")
         chat.answer("Again")
         msgs = [{"role": m.role, "content": m.content} for m in chat.conv.messages]

@@ -10,21 +10,24 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from ..errors import EngineCrashed, PromptTooLong, TpuchatError
-from ..runtime.client import DoneEvent, EngineClient
+from ..errors import EngineCrashed, PromptTooLong
 from .conversation import Conversation
+from .session import ChatModel, ChatSession, Delta, Finished, GenSettings, Notice
 
 HELP = "commands: /clear (forget history) /new (same) /system TEXT (set system prompt) /exit"
 
 
 class PlainChat:
-    def __init__(self, client: EngineClient, tok, desc: dict, max_new_tokens: int, system: Optional[str],
-                 out=sys.stdout, err=sys.stderr):
-        self.client, self.tok, self.desc = client, tok, desc
-        self.max_new_tokens = max_new_tokens
-        self.conv = Conversation(system=system)
+    def __init__(self, model: ChatModel, max_new_tokens: int, system: Optional[str], out=sys.stdout,
+                 err=sys.stderr):
+        self.model = model
+        self.session = ChatSession(model, Conversation(system=system), GenSettings(max_new_tokens))
         self.out, self.err = out, err
         self.refill = ""  # text to offer again on the next prompt
+
+    @property
+    def conv(self) -> Conversation:
+        return self.session.conv
 
     def say(self, text: str) -> None:
         self.err.write(text + "\n")
@@ -64,21 +67,6 @@ class PlainChat:
         return True
 
     def answer(self, text: str) -> None:
-        self.conv.add("user", text)
-        room = min(self.max_new_tokens, max(1, self.desc["kv_len"] // 4))
-        try:
-            ids, dropped = self.conv.fit(self.tok, self.desc["seq_len"], self.desc["kv_len"], room)
-        except PromptTooLong as e:
-            self.conv.messages.pop()
-            self.refill = text
-            self.say(f"error: {e}")
-            return
-        if dropped:
-            self.say(f"(left out the {dropped} oldest turn{'s' if dropped > 1 else ''} to fit the context)")
-        from ..text.stream import IncrementalDecoder
-
-        dec = IncrementalDecoder(self.tok)
-        generated, stats = [], {}
         cancelled = []
 
         def on_sigint(signum, frame):
@@ -87,39 +75,38 @@ class PlainChat:
             if cancelled:
                 raise KeyboardInterrupt
             cancelled.append(True)
-            self.client.cancel()
+            self.session.cancel()
 
         old_handler = signal.signal(signal.SIGINT, on_sigint)
         try:
-            for ev in self.client.generate(ids, self.max_new_tokens, sorted(self.tok.eos_ids)):
-                if isinstance(ev, DoneEvent):
-                    stats = ev.stats
-                else:
-                    generated.append(ev.id)
-                    self.out.write(dec.push(ev.id))
+            for ev in self.session.send(text):
+                if isinstance(ev, Delta):
+                    self.out.write(ev.text)
                     self.out.flush()
+                elif isinstance(ev, Notice):
+                    self.say(f"({ev.text})")
+                elif isinstance(ev, Finished):
+                    self.out.write("\n")
+                    self.out.flush()
+                    note = {"cancelled": " (stopped)", "context_full": " (context full: /clear to start over)",
+                            "max_tokens": " (max tokens)"}.get(ev.reason, "")
+                    self.say(f"FTL {ev.stats['ftl_s']:.3f} s | TPS {ev.stats['tokens_per_s']:.2f} tokens/s{note}")
+        except PromptTooLong as e:
+            self.refill = text
+            self.say(f"error: {e}")
         except EngineCrashed as e:
-            self.out.write(dec.flush() + "\n")
-            self.conv.add("assistant", self.tok.decode(generated), stopped=True)
+            self.out.write("\n")
             self.say(f"error: {e}")
             tail = getattr(e, "log_tail", "")
             if tail:
                 self.say(tail)
             self.say("(the engine will restart with your next message)")
-            return
         finally:
             signal.signal(signal.SIGINT, old_handler)
-        self.out.write(dec.flush() + "\n")
-        self.out.flush()
-        reason = stats.get("stop_reason", "")
-        self.conv.add("assistant", self.tok.decode(generated), stopped=reason in ("cancelled", "context_full"))
-        note = {"cancelled": " (stopped)", "context_full": " (context full: /clear to start over)",
-                "max_tokens": " (max tokens)"}.get(reason, "")
-        self.say(f"FTL {stats.get('ftl_s', 0):.3f} s | TPS {stats.get('tokens_per_s', 0):.2f} tokens/s{note}")
 
     def loop(self) -> int:
-        self.say(f"{self.desc['path'].rsplit('/', 1)[-1]} · S {self.desc['seq_len']} / L {self.desc['kv_len']} · "
-                 f"{self.desc['runtime']['kind']} · {HELP}")
+        d = self.model.desc
+        self.say(f"{self.model.name} · S {d['seq_len']} / L {d['kv_len']} · {d['runtime']['kind']} · {HELP}")
         interrupted_once = False
         while True:
             try:
@@ -151,11 +138,8 @@ class PlainChat:
 
 def run_plain_chat(model: str, devids: Sequence[int], lib_dir: Optional[str], tokenizer_dir: Optional[str],
                    max_new_tokens: int, system: Optional[str]) -> int:
-    from ..runtime.bmodel_file import check_bmodel_file
-    from ..text import find_tokenizer_dir, load_tokenizer
-
-    check_bmodel_file(model)
-    tok = load_tokenizer(find_tokenizer_dir(tokenizer_dir, model))
-    with EngineClient() as client:
-        desc = client.open(model, devids, lib_dir)
-        return PlainChat(client, tok, desc, max_new_tokens, system).loop()
+    chat_model = ChatModel(model, devids, lib_dir, tokenizer_dir)
+    try:
+        return PlainChat(chat_model, max_new_tokens, system).loop()
+    finally:
+        chat_model.close()
