@@ -26,7 +26,7 @@ ffibuilder.set_source(
     '#include "tpuchat_shim.h"',
     sources=[os.path.relpath(os.path.join(HERE, "tpuchat_shim.c"))],
     include_dirs=[os.path.relpath(HERE)],
-    libraries=["dl"],
+    libraries=["dl", "m"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
 )
 

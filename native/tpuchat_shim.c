@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <time.h>
 
 #define MAX_DEVICES 8
@@ -237,6 +238,9 @@ struct tpc_model {
   int num_nets;
   tpc_desc d;
   int cache_stage;        /* block_cache stage with the longest KV history */
+  net_t *block_kv;        /* [num_layers] when the bmodel has them */
+  int block_kv_len;       /* longest chunk a block_kv net takes */
+  double cost_decode_us, cost_prefill_us[8];
 
   net_t embedding, embedding_cache, lm_head, greedy_head;
   net_t *block, *block_cache; /* [num_layers] */
@@ -256,6 +260,12 @@ struct tpc_model {
   size_t mask_buf_elems;
   int32_t *ids_buf;       /* host scratch for ids / positions */
   int ids_cap;            /* its length: the longest prefill or embedding input */
+  int32_t *tokens;        /* the ids in the KV cache, by position (kv_len) */
+  tpc_sampling sampling;
+  unsigned long long rng; /* splitmix64 state */
+  net_t sample_head;      /* sample_head or penalty_sample_head */
+  float *probs;           /* host scratch for sampling (vocab) */
+  int *order;
   float *logits;          /* host copy of the last logits (lm_head kind 2) */
   void *logits_raw;
   tpc_timing timing;
@@ -309,6 +319,7 @@ static int describe_nets(tpc_model *m) {
   d->has_greedy_head = m->greedy_head != NULL;
   d->has_sample_head = find_net(m, "sample_head") != NULL;
   d->has_penalty_sample_head = find_net(m, "penalty_sample_head") != NULL;
+  m->sample_head = d->has_sample_head ? find_net(m, "sample_head") : find_net(m, "penalty_sample_head");
   d->has_block_kv = find_net(m, "block_kv_0") != NULL;
 
   char name[64];
@@ -340,6 +351,22 @@ static int describe_nets(tpc_model *m) {
     m->block_cache[i] = find_net(m, name);
     if (!m->block_cache[i])
       return fail(m, TPC_E_MODEL, "bmodel has block_%d but no block_cache_%d", i, i);
+  }
+  if (d->has_block_kv) {
+    m->block_kv = calloc((size_t)layers, sizeof(net_t));
+    if (!m->block_kv) return fail(m, TPC_E_NOMEM, "out of host memory");
+    for (int i = 0; i < layers; i++) {
+      snprintf(name, sizeof name, "block_kv_%d", i);
+      if (!(m->block_kv[i] = find_net(m, name)) || m->block_kv[i]->input_num < 4) {
+        d->has_block_kv = 0; /* incomplete: fall back to decode appends */
+        break;
+      }
+    }
+    if (d->has_block_kv) {
+      m->block_kv_len = m->block_kv[0]->stages[0].input_shapes[0].dims[1];
+      if (m->block_kv_len > m->embedding->stages[0].input_shapes[0].dims[1] && !m->embedding->is_dynamic)
+        m->block_kv_len = m->embedding->stages[0].input_shapes[0].dims[1];
+    }
   }
 
   net_t b0 = m->block[0], c0 = m->block_cache[0];
@@ -564,8 +591,147 @@ static float half_to_float(unsigned short h, int dtype) {
   return f;
 }
 
-/* Run lm_head (and greedy_head) on a hidden row; leaves the token in *tok. */
-static int run_head(tpc_model *m, bmapi_mem_t hidden_row, int *tok) {
+/* --- sampling ------------------------------------------------------- */
+
+static uint64_t rng_next(tpc_model *m) { /* splitmix64 */
+  uint64_t z = (m->rng += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+static double rng_uniform(tpc_model *m) { return (double)(rng_next(m) >> 11) * (1.0 / 9007199254740992.0); }
+
+static int sampling_active(const tpc_model *m) {
+  return m->sampling.sample && m->sampling.temperature > 1e-5f;
+}
+
+/* The recent tokens the repetition penalty looks at: [from, end). */
+static int penalty_from(const tpc_model *m, int end, int cap) {
+  int w = m->sampling.penalty_window > 0 ? m->sampling.penalty_window : end;
+  if (cap > 0 && w > cap) w = cap;
+  return end - w < 0 ? 0 : end - w;
+}
+
+/* Draw one of n candidates with weights p (need not sum to 1). */
+static int draw(tpc_model *m, const float *p, const int *ids, int n) {
+  double total = 0;
+  for (int i = 0; i < n; i++) total += p[i] > 0 ? p[i] : 0;
+  if (total <= 0) return ids[0];
+  double u = rng_uniform(m) * total, acc = 0;
+  for (int i = 0; i < n; i++) {
+    acc += p[i] > 0 ? p[i] : 0;
+    if (u < acc) return ids[i];
+  }
+  return ids[n - 1];
+}
+
+static const float *sort_keys;
+static int by_logit_desc(const void *a, const void *b) {
+  float x = sort_keys[*(const int *)a], y = sort_keys[*(const int *)b];
+  return x < y ? 1 : x > y ? -1 : (*(const int *)a - *(const int *)b);
+}
+
+/* Host sampling over logits, with Hugging Face's semantics: repetition
+ * penalty (divide positive, multiply negative logits of seen tokens),
+ * temperature, top-k, then top-p keeping at least one token.  Tokens more
+ * than 20 nats below the best are never candidates (their total mass is
+ * negligible), which keeps the sort short on 150k-token vocabularies. */
+static int host_sample(tpc_model *m, float *logits, int end) {
+  int v = m->d.vocab_size;
+  const tpc_sampling *sp = &m->sampling;
+  if (sp->repetition_penalty != 1.0f) {
+    for (int i = penalty_from(m, end, 0); i < end; i++) {
+      int t = m->tokens[i];
+      if (t < 0 || t >= v || m->order[t] == -2) continue;
+      logits[t] = logits[t] < 0 ? logits[t] * sp->repetition_penalty : logits[t] / sp->repetition_penalty;
+      m->order[t] = -2; /* mark: once per distinct token */
+    }
+    for (int i = penalty_from(m, end, 0); i < end; i++)
+      if (m->tokens[i] >= 0 && m->tokens[i] < v) m->order[m->tokens[i]] = 0;
+  }
+  float best = logits[0];
+  for (int i = 1; i < v; i++) if (logits[i] > best) best = logits[i];
+  float floor_ = best - 20.0f * sp->temperature;
+  int n = 0;
+  for (int i = 0; i < v; i++) if (logits[i] >= floor_) m->order[n++] = i;
+  sort_keys = logits;
+  qsort(m->order, (size_t)n, sizeof(int), by_logit_desc);
+  if (sp->top_k > 0 && sp->top_k < n) n = sp->top_k;
+  double sum = 0;
+  for (int i = 0; i < n; i++) {
+    m->probs[i] = expf((logits[m->order[i]] - best) / sp->temperature);
+    sum += m->probs[i];
+  }
+  if (sp->top_p < 1.0f) {
+    double acc = 0;
+    int keep = n;
+    for (int i = 0; i < n; i++) {
+      acc += m->probs[i] / sum;
+      if (acc >= sp->top_p) { keep = i + 1; break; }
+    }
+    n = keep;
+  }
+  int tok = draw(m, m->probs, m->order, n);
+  for (int i = 0; i < v; i++) m->order[i] = 0;
+  return tok;
+}
+
+/* Device sampling through sample_head: the penalty window and the four
+ * scalars go up, 50 (prob, id) pairs come down, the host draws one. */
+static int device_sample(tpc_model *m, bmapi_mem_t logits_mem, int end, int *tok) {
+  net_t sh = m->sample_head;
+  bmapi_tensor_t in[8], out[4];
+  own_tensors(sh, 0, in, out);
+  int cap = in[1].shape.dims[1];
+  int from = penalty_from(m, end, cap), w = end - from, rc;
+  in[0].device_mem = logits_mem;
+  set_len(&in[1].shape, w);
+  if ((rc = upload(m, in[1].device_mem, 0, m->tokens + from, sizeof(int32_t) * (size_t)w, "penalty window")))
+    return rc;
+  float pen = m->sampling.repetition_penalty, temp = m->sampling.temperature, top_p = m->sampling.top_p;
+  int32_t top_k = m->sampling.top_k > 0 && m->sampling.top_k < 50 ? m->sampling.top_k : 50;
+  if ((rc = upload(m, in[2].device_mem, 0, &pen, 4, "penalty")) ||
+      (rc = upload(m, in[3].device_mem, 0, &temp, 4, "temperature")) ||
+      (rc = upload(m, in[4].device_mem, 0, &top_k, 4, "top_k")) ||
+      (rc = upload(m, in[5].device_mem, 0, &top_p, 4, "top_p")))
+    return rc;
+  /* top_k is a shape input: the outputs hold top_k candidates. */
+  if ((rc = launch(m, sh, in, out))) return rc;
+  if ((rc = sync_device(m))) return rc;
+  int k = out[0].shape.num_dims == 2 && out[0].shape.dims[1] > 0 ? out[0].shape.dims[1] : top_k;
+  if (k > 50) k = 50;
+  float p[50];
+  int ids[50];
+  if ((rc = download(m, p, out[0].device_mem, 0, sizeof(float) * (size_t)k, "sample probabilities")) ||
+      (rc = download(m, ids, out[1].device_mem, 0, sizeof(int) * (size_t)k, "sample ids")))
+    return rc;
+  *tok = draw(m, p, ids, k);
+  return TPC_OK;
+}
+
+int tpc_set_sampling(tpc_model *m, const tpc_sampling *sp) {
+  if (!m || !sp) return TPC_E_ARG;
+  if (sp->sample) {
+    if (m->d.lm_head_kind != 2)
+      return fail(m, TPC_E_ARG,
+                  "this bmodel picks the top-1 token on the device (compiled without --do_sample): "
+                  "sampling is not available, only greedy");
+    if (!(sp->temperature >= 0) || !(sp->top_p > 0 && sp->top_p <= 1) || sp->top_k < 0 ||
+        !(sp->repetition_penalty > 0) || sp->penalty_window < 0)
+      return fail(m, TPC_E_ARG,
+                  "bad sampling settings: need temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
+                  "repetition_penalty > 0");
+  }
+  m->sampling = *sp;
+  m->rng = sp->seed;
+  return TPC_OK;
+}
+
+/* Run lm_head and choose the next token (greedy on the device when the
+ * bmodel can, else sampled or argmax'd); `end` is the number of tokens in
+ * the cache including the one just fed (the penalty window's end). */
+static int run_head(tpc_model *m, bmapi_mem_t hidden_row, int end, int *tok) {
   net_t lm = m->lm_head;
   bmapi_tensor_t in[4], out[4];
   own_tensors(lm, 0, in, out);
@@ -575,6 +741,7 @@ static int run_head(tpc_model *m, bmapi_mem_t hidden_row, int *tok) {
     int rc = copy_d2d(m, in[0].device_mem, 0, hidden_row, 0, m->hidden_bytes, "hidden state to lm_head");
     if (rc) return rc;
   }
+  int sample = sampling_active(m);
   /* Let a device-side token land where embedding_cache reads it, so the
    * next decode needs no upload. */
   int token_to_embedding = m->direct_io && m->d.lm_head_kind == 1;
@@ -582,25 +749,27 @@ static int run_head(tpc_model *m, bmapi_mem_t hidden_row, int *tok) {
   int rc = launch(m, lm, in, out);
   if (rc) return rc;
 
-  bmapi_mem_t token_mem = out[0].device_mem;
-  if (m->d.lm_head_kind == 2 && m->greedy_head) {
-    net_t g = m->greedy_head;
-    bmapi_tensor_t gin[4], gout[4];
-    own_tensors(g, 0, gin, gout);
-    gin[0].device_mem = out[0].device_mem;
-    if (m->direct_io) gout[0].device_mem = m->embedding_cache->stages[0].input_mems[0];
-    if ((rc = launch(m, g, gin, gout))) return rc;
-    token_mem = gout[0].device_mem;
-    token_to_embedding = m->direct_io;
-  }
-  if ((rc = sync_device(m))) return rc;
-
-  if (m->d.lm_head_kind == 1 || m->greedy_head) {
+  if (sample && m->sample_head && !m->sampling.on_host) {
+    token_to_embedding = 0;
+    if ((rc = device_sample(m, out[0].device_mem, end, tok))) return rc;
+  } else if (m->d.lm_head_kind == 1 || (!sample && m->greedy_head)) {
+    bmapi_mem_t token_mem = out[0].device_mem;
+    if (m->d.lm_head_kind == 2) {
+      net_t g = m->greedy_head;
+      bmapi_tensor_t gin[4], gout[4];
+      own_tensors(g, 0, gin, gout);
+      gin[0].device_mem = out[0].device_mem;
+      if (m->direct_io) gout[0].device_mem = m->embedding_cache->stages[0].input_mems[0];
+      if ((rc = launch(m, g, gin, gout))) return rc;
+      token_mem = gout[0].device_mem;
+      token_to_embedding = m->direct_io;
+    }
+    if ((rc = sync_device(m))) return rc;
     int32_t t = 0;
     if ((rc = download(m, &t, token_mem, 0, 4, "the next token"))) return rc;
     *tok = t;
-    /* With greedy_head present we still keep logits readable on demand. */
   } else {
+    if ((rc = sync_device(m))) return rc;
     int v = m->d.vocab_size, es = dtype_size(m->d.logits_dtype);
     if ((rc = download(m, m->logits_raw, out[0].device_mem, 0, (size_t)v * es, "logits"))) return rc;
     int best = 0;
@@ -609,7 +778,7 @@ static int run_head(tpc_model *m, bmapi_mem_t hidden_row, int *tok) {
                              : half_to_float(((unsigned short *)m->logits_raw)[i], m->d.logits_dtype);
       if (m->logits[i] > m->logits[best]) best = i;
     }
-    *tok = best;
+    *tok = sample ? host_sample(m, m->logits, end) : best;
   }
   m->last_token = *tok;
   m->token_on_device = token_to_embedding;
@@ -628,7 +797,7 @@ static void end_call(tpc_model *m) {
   m->timing.host_us = m->timing.total_us - m->device_us;
 }
 
-static int prefill_impl(tpc_model *m, const int *ids, int n, int *next_token) {
+static int prefill_impl(tpc_model *m, const int *ids, int n, int need_head, int *next_token) {
   tpc_desc *d = &m->d;
   if (!ids || n < 1) return fail(m, TPC_E_ARG, "prefill needs at least one token");
   if (n > d->seq_len)
@@ -718,18 +887,157 @@ static int prefill_impl(tpc_model *m, const int *ids, int n, int *next_token) {
    * them and decode overwrites them one by one. */
   if (m->mask_zeros > n) m->mask_zeros = -1;
   if (!m->direct_io) m->mask_zeros = -1;
-  if ((rc = run_head(m, mem_at(hidden, (size_t)(n - 1) * m->hidden_bytes, m->hidden_bytes), next_token)))
-    return rc;
+  memcpy(m->tokens, ids, sizeof(int32_t) * (size_t)n);
+  if (need_head) {
+    if ((rc = run_head(m, mem_at(hidden, (size_t)(n - 1) * m->hidden_bytes, m->hidden_bytes), n, next_token)))
+      return rc;
+  } else {
+    m->token_on_device = 0;
+    if ((rc = sync_device(m))) return rc;
+  }
   m->position = n;
   return TPC_OK;
+}
+
+static int decode_impl(tpc_model *m, int token, int need_head, int *next_token);
+
+/* Measured wall time of decode steps and fresh prefills (per stage), for
+ * choosing between appending and re-prefilling.  Until measured, assume a
+ * prefill costs as much as 8 decode steps (roughly what 7B models show on
+ * BM1684X with S = 512; the simulator is nearer 5). */
+static double decode_cost(const tpc_model *m) { return m->cost_decode_us > 0 ? m->cost_decode_us : 1.0; }
+static double prefill_cost(const tpc_model *m, int n) {
+  int st = m->d.is_dynamic ? 0 : pick_stage(m->block[0], n);
+  double c = st >= 0 && st < 8 ? m->cost_prefill_us[st] : 0;
+  return c > 0 ? c : 8.0 * decode_cost(m);
+}
+static void note_prefill_cost(tpc_model *m, int n) {
+  int st = m->d.is_dynamic ? 0 : pick_stage(m->block[0], n);
+  if (st >= 0 && st < 8) m->cost_prefill_us[st] = m->timing.total_us;
 }
 
 int tpc_prefill(tpc_model *m, const int *ids, int n, int *next_token) {
   if (!m) return TPC_E_ARG;
   begin_call(m);
   m->position = 0;
-  int rc = prefill_impl(m, ids, n, next_token);
+  int rc = prefill_impl(m, ids, n, 1, next_token);
   if (rc) m->position = 0;
+  end_call(m);
+  if (!rc) note_prefill_cost(m, n);
+  return rc;
+}
+
+/* Prefill chunk ids[start, start + c) against the cache rows [0, start)
+ * with a block_kv net; the chunk's K/V rows land right after them. */
+static int block_kv_chunk(tpc_model *m, const int *ids, int start, int c, int need_head, int *next_token) {
+  tpc_desc *d = &m->d;
+  net_t emb = m->embedding;
+  bmapi_tensor_t ein[2], eout[2], in[8], out[8];
+  int rc, estage = emb->is_dynamic ? 0 : pick_stage(emb, c);
+  if (estage < 0) return fail(m, TPC_E_MODEL, "embedding has no stage for %d tokens", c);
+  own_tensors(emb, estage, ein, eout);
+  int emb_rows = emb->is_dynamic ? c : ein[0].shape.dims[1];
+  if (emb->is_dynamic) set_len(&ein[0].shape, c);
+  memset(m->ids_buf, 0, sizeof(int32_t) * (size_t)m->ids_cap);
+  memcpy(m->ids_buf, ids + start, sizeof(int32_t) * (size_t)c);
+  if ((rc = upload(m, ein[0].device_mem, 0, m->ids_buf, sizeof(int32_t) * (size_t)emb_rows, "token ids")) ||
+      (rc = launch(m, emb, ein, eout)))
+    return rc;
+  for (int i = 0; i < c; i++) m->ids_buf[i] = start + i;
+  bmapi_mem_t hidden = eout[0].device_mem, pos_mem;
+  for (int i = 0; i < d->num_layers; i++) {
+    net_t b = m->block_kv[i];
+    own_tensors(b, 0, in, out);
+    if (i == 0) {
+      pos_mem = in[1].device_mem;
+      if ((rc = upload(m, pos_mem, 0, m->ids_buf, sizeof(int32_t) * (size_t)c, "position ids"))) return rc;
+    }
+    if (!m->direct_io) {
+      if ((rc = copy_d2d(m, in[0].device_mem, 0, hidden, 0, (size_t)c * m->hidden_bytes, "hidden state")))
+        return rc;
+      hidden = in[0].device_mem;
+      if (i > 0 && (rc = upload(m, in[1].device_mem, 0, m->ids_buf, sizeof(int32_t) * (size_t)c, "position ids")))
+        return rc;
+      pos_mem = in[1].device_mem;
+    }
+    in[0].device_mem = hidden;
+    set_len(&in[0].shape, c);
+    in[1].device_mem = pos_mem;
+    set_len(&in[1].shape, c);
+    /* The net concatenates history and new K/V "by merge": it expects the
+     * history in its own input buffer, so it is copied there, and the new
+     * rows are copied back into the cache. */
+    size_t hist = (size_t)start * m->kv_row_bytes, rows = (size_t)c * m->kv_row_bytes;
+    if ((rc = copy_d2d(m, in[2].device_mem, 0, m->kv_k[i], 0, hist, "K history")) ||
+        (rc = copy_d2d(m, in[3].device_mem, 0, m->kv_v[i], 0, hist, "V history")))
+      return rc;
+    set_len(&in[2].shape, start);
+    set_len(&in[3].shape, start);
+    if ((rc = launch(m, b, in, out))) return rc;
+    if ((rc = copy_d2d(m, m->kv_k[i], hist, out[1].device_mem, 0, rows, "K cache")) ||
+        (rc = copy_d2d(m, m->kv_v[i], hist, out[2].device_mem, 0, rows, "V cache")))
+      return rc;
+    hidden = out[0].device_mem;
+  }
+  memcpy(m->tokens + start, ids + start, sizeof(int32_t) * (size_t)c);
+  m->position = start + c;
+  if (need_head)
+    return run_head(m, mem_at(hidden, (size_t)(c - 1) * m->hidden_bytes, m->hidden_bytes), start + c, next_token);
+  m->token_on_device = 0;
+  return sync_device(m);
+}
+
+/* Feed ids[from, n) after the cached rows [0, from). */
+static int append(tpc_model *m, const int *ids, int from, int n, int *next_token) {
+  int rc = TPC_OK;
+  m->position = from;
+  if (m->d.has_block_kv) {
+    int chunk = m->block_kv_len;
+    for (int s = from; s < n && !rc; s += chunk) {
+      int c = n - s < chunk ? n - s : chunk;
+      rc = block_kv_chunk(m, ids, s, c, s + c == n, next_token);
+    }
+    return rc;
+  }
+  m->token_on_device = 0;
+  for (int i = from; i < n && !rc; i++) rc = decode_impl(m, ids[i], i == n - 1, next_token);
+  return rc;
+}
+
+int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
+  if (!m) return TPC_E_ARG;
+  tpc_desc *d = &m->d;
+  if (!ids || n < 1) return fail(m, TPC_E_ARG, "prefill needs at least one token");
+  if (n > d->kv_len)
+    return fail(m, TPC_E_ARG, "prompt of %d tokens is longer than this bmodel's KV length %d", n, d->kv_len);
+  int lcp = 0, limit = m->position < n ? m->position : n;
+  while (lcp < limit && m->tokens[lcp] == ids[lcp]) lcp++;
+  if (lcp == n) lcp = n - 1; /* the last prompt token is fed again for its logits */
+  /* A fresh start prefills up to seq_len tokens and appends the rest.
+   * Appending costs one decode step per token (or one block_kv launch per
+   * chunk, always cheaper than recomputing); a static prefill costs about
+   * the same whatever the length.  Pick the cheaper by measured costs. */
+  int fresh_len = n <= d->seq_len ? n : d->seq_len;
+  double cost_fresh = prefill_cost(m, fresh_len) + (double)(n - fresh_len) * decode_cost(m);
+  int use_append = lcp > 0 && (d->has_block_kv || (double)(n - lcp) * decode_cost(m) < cost_fresh);
+  begin_call(m);
+  int rc;
+  if (use_append) {
+    rc = append(m, ids, lcp, n, next_token);
+    m->timing.reused = lcp;
+  } else {
+    m->position = 0;
+    rc = prefill_impl(m, ids, fresh_len, fresh_len == n, next_token);
+    if (!rc && fresh_len < n) rc = append(m, ids, fresh_len, n, next_token);
+    if (!rc && fresh_len == n) {
+      end_call(m);
+      note_prefill_cost(m, n);
+      return rc;
+    }
+  }
+  if (rc) {
+    m->position = 0; /* the cache holds a partial state: forget it */
+  }
   end_call(m);
   return rc;
 }
@@ -755,7 +1063,7 @@ static int update_decode_mask(tpc_model *m, bmapi_mem_t mask_mem, int p) {
   return TPC_OK;
 }
 
-static int decode_impl(tpc_model *m, int token, int *next_token) {
+static int decode_impl(tpc_model *m, int token, int need_head, int *next_token) {
   tpc_desc *d = &m->d;
   int p = m->position, rc;
   if (p <= 0) return fail(m, TPC_E_ARG, "decode before prefill");
@@ -807,7 +1115,12 @@ static int decode_impl(tpc_model *m, int token, int *next_token) {
     }
     hidden = out[0].device_mem;
   }
-  if ((rc = run_head(m, mem_at(hidden, 0, m->hidden_bytes), next_token))) return rc;
+  m->tokens[p] = token;
+  if (need_head) {
+    if ((rc = run_head(m, mem_at(hidden, 0, m->hidden_bytes), p + 1, next_token))) return rc;
+  } else if ((rc = sync_device(m))) {
+    return rc;
+  }
   m->position = p + 1;
   return TPC_OK;
 }
@@ -815,8 +1128,10 @@ static int decode_impl(tpc_model *m, int token, int *next_token) {
 int tpc_decode(tpc_model *m, int token, int *next_token) {
   if (!m) return TPC_E_ARG;
   begin_call(m);
-  int rc = decode_impl(m, token, next_token);
+  int rc = decode_impl(m, token, 1, next_token);
   end_call(m);
+  if (!rc) m->cost_decode_us = m->cost_decode_us > 0 ? 0.8 * m->cost_decode_us + 0.2 * m->timing.total_us
+                                                     : m->timing.total_us;
   return rc;
 }
 
@@ -839,6 +1154,12 @@ int tpc_reset(tpc_model *m) {
 }
 
 int tpc_position(const tpc_model *m) { return m ? m->position : 0; }
+
+int tpc_rewind(tpc_model *m, int position) {
+  if (!m || position < 0) return TPC_E_ARG;
+  if (position < m->position) m->position = position;
+  return TPC_OK;
+}
 
 int tpc_last_timing(const tpc_model *m, tpc_timing *out) {
   if (!m || !out) return TPC_E_ARG;
@@ -871,10 +1192,15 @@ static int alloc_state(tpc_model *m) {
       m->ids_cap = m->embedding->stages[s].input_shapes[0].dims[1];
   m->ids_buf = calloc((size_t)m->ids_cap, sizeof(int32_t));
   if (!m->kv_k || !m->kv_v || !m->ids_buf) return fail(m, TPC_E_NOMEM, "out of host memory");
+  m->tokens = calloc((size_t)d->kv_len, sizeof(int32_t));
+  if (!m->tokens) return fail(m, TPC_E_NOMEM, "out of host memory");
   if (d->lm_head_kind == 2) {
     m->logits = calloc((size_t)d->vocab_size, sizeof(float));
     m->logits_raw = calloc((size_t)d->vocab_size, 4);
-    if (!m->logits || !m->logits_raw) return fail(m, TPC_E_NOMEM, "out of host memory");
+    m->probs = calloc((size_t)d->vocab_size, sizeof(float));
+    m->order = calloc((size_t)d->vocab_size, sizeof(int));
+    if (!m->logits || !m->logits_raw || !m->probs || !m->order)
+      return fail(m, TPC_E_NOMEM, "out of host memory");
   }
   size_t bytes = (size_t)d->kv_len * m->kv_row_bytes;
   for (int i = 0; i < L; i++) {
@@ -986,12 +1312,16 @@ void tpc_close(tpc_model *m) {
   free((void *)m->net_names);
   free(m->block);
   free(m->block_cache);
+  free(m->block_kv);
   free(m->kv_k);
   free(m->kv_v);
   free(m->mask_buf);
   free(m->ids_buf);
   free(m->logits);
   free(m->logits_raw);
+  free(m->tokens);
+  free(m->probs);
+  free(m->order);
   free(m);
 }
 

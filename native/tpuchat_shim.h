@@ -86,6 +86,7 @@ typedef struct {
   double host_us;      /* total - device: the shim's own work */
   int launches;        /* runtime launches in the call */
   int copies;          /* host<->device and device<->device copies */
+  int reused;          /* prefill_reuse: cached rows kept */
 } tpc_timing;
 
 typedef struct tpc_model tpc_model;
@@ -114,13 +115,38 @@ int tpc_device_stat_at(const tpc_model *m, int index, tpc_device_stat *out);
  * on the device when the bmodel can (top-1 lm_head or greedy_head), on the
  * host from logits otherwise. */
 int tpc_prefill(tpc_model *m, const int *ids, int n, int *next_token);
+/* Like prefill, but keeps the cached rows of the longest common prefix of
+ * ids and the tokens already in the cache, and computes only the rest:
+ * through block_kv nets when the bmodel has them, else by decode steps when
+ * that is cheaper than a fresh prefill (or the only way: ids longer than
+ * seq_len).  n may exceed seq_len up to kv_len when the rest can be
+ * appended.  tpc_last_timing().reused tells how many rows were kept. */
+int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token);
 int tpc_decode(tpc_model *m, int token, int *next_token);
 int tpc_reset(tpc_model *m);
+/* Forget cached rows from `position` on (keeps the rows before it). */
+int tpc_rewind(tpc_model *m, int position);
 int tpc_position(const tpc_model *m);
 int tpc_last_timing(const tpc_model *m, tpc_timing *out);
 
 /* Logits of the last step (lm_head kind 2 only): copies vocab_size floats. */
 int tpc_last_logits(tpc_model *m, float *out, int n);
+
+/* How the next tokens are chosen.  Greedy unless sample is set; sampling
+ * needs logits (lm_head kind 2): on the device through sample_head /
+ * penalty_sample_head when present (at most 50 candidates, top_p keeps at
+ * least 5), else on the host.  temperature <= 1e-5 means greedy. */
+typedef struct {
+  int sample;
+  float temperature;
+  float top_p;              /* (0, 1] */
+  int top_k;                /* 0: no cut (device: 50) */
+  float repetition_penalty; /* 1: off */
+  int penalty_window;       /* recent tokens the penalty sees; 0: all */
+  unsigned long long seed;
+  int on_host;              /* sample on the host even if a sample head exists */
+} tpc_sampling;
+int tpc_set_sampling(tpc_model *m, const tpc_sampling *s);
 
 /* cdef-end */
 #endif

@@ -93,7 +93,7 @@ def test_run_streams_text_and_prints_stats(demo, tmp_path):
 def test_run_prompt_too_long(demo, tmp_path):
     r = tpuchat("run", "--model", demo, "--no-template", "word " * 400, tmp_path=tmp_path)
     assert r.returncode == 6
-    assert "prefills at most 256" in r.stderr
+    assert "holds at most 256" in r.stderr
 
 
 def test_bench_json(demo, tmp_path):

@@ -129,12 +129,12 @@ def test_prompt_of_exactly_s_tokens_fills_the_context(open_variant):
     assert stats["stop_reason"] == "context_full"
 
 
-def test_prompt_longer_than_s_is_a_clear_error_and_the_engine_stays_usable(open_variant):
+def test_prompt_longer_than_the_kv_length_is_a_clear_error_and_the_engine_stays_usable(open_variant):
     client, desc = open_variant("qwen2-maxinput")
-    s = desc["seq_len"]
-    with pytest.raises(PromptTooLong, match=f"{s + 1} tokens.*at most {s}"):
-        generate(client, prompt_ids("qwen2-maxinput", s + 1), 4)
-    ids = prompt_ids("qwen2-maxinput", s)
+    L = desc["kv_len"]
+    with pytest.raises(PromptTooLong, match=f"{L + 1} tokens.*at most {L}"):
+        generate(client, prompt_ids("qwen2-maxinput", L + 1), 4)
+    ids = prompt_ids("qwen2-maxinput", desc["seq_len"])
     got, _ = generate(client, ids, 3)
     assert got == models.reference_greedy("qwen2-maxinput", [ids], 3)[0]
 

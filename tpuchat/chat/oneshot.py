@@ -15,10 +15,10 @@ def encode_prompt(tok, prompt: str, use_template: bool, system: Optional[str]) -
 
 
 def check_fits(n_prompt: int, desc: dict) -> None:
-    if n_prompt > desc["seq_len"]:
+    if n_prompt > desc["kv_len"]:
         raise PromptTooLong(
-            f"the prompt has {n_prompt} tokens but this bmodel prefills at most {desc['seq_len']}; "
-            "shorten it or use a bmodel compiled with a longer --seq_length"
+            f"the prompt has {n_prompt} tokens but this bmodel holds at most {desc['kv_len']} "
+            "(its KV length); shorten it or use a bmodel compiled with a longer --seq_length"
         )
 
 

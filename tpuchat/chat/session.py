@@ -28,6 +28,13 @@ class GenSettings:
     seed: Optional[int] = None
     stop: List[str] = field(default_factory=list)  # stop strings, on top of the model's end tokens
 
+    def sampling(self) -> Optional[dict]:
+        """The engine's sampling arguments; None means greedy."""
+        if not self.sample or self.temperature <= 1e-5:
+            return None
+        return {"sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "repetition_penalty": self.repetition_penalty, "seed": self.seed}
+
 
 @dataclass
 class Delta:
@@ -81,7 +88,9 @@ class ChatModel:
         return min(settings.max_new_tokens, max(1, self.desc["kv_len"] // 4))
 
     def fit(self, conv: Conversation, settings: GenSettings):
-        return conv.fit(self.tok, self.desc["seq_len"], self.desc["kv_len"], self.answer_room(settings))
+        # Prompts longer than one prefill are appended after it, so only the
+        # KV length bounds them.
+        return conv.fit(self.tok, self.desc["kv_len"], self.desc["kv_len"], self.answer_room(settings))
 
     def stream_ids(self, ids: Sequence[int], settings: GenSettings) -> Iterator[Event]:
         """Stream an answer to already-built prompt ids."""
@@ -89,7 +98,7 @@ class ChatModel:
 
         dec = IncrementalDecoder(self.tok)
         generated: List[int] = []
-        for ev in self.client.generate(ids, settings.max_new_tokens, sorted(self.tok.eos_ids)):
+        for ev in self.client.generate(ids, settings.max_new_tokens, sorted(self.tok.eos_ids), settings.sampling()):
             if isinstance(ev, DoneEvent):
                 rest = dec.flush()
                 if rest:

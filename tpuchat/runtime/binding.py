@@ -157,9 +157,32 @@ class Model:
         self._check(self._lib.tpc_prefill(self._m, buf, len(ids), self._next))
         return self._next[0]
 
+    def prefill_reuse(self, ids: Sequence[int]) -> int:
+        """Prefill keeping the cached rows of the common prefix (see the shim)."""
+        buf = self._ffi.new("int[]", list(ids))
+        self._check(self._lib.tpc_prefill_reuse(self._m, buf, len(ids), self._next))
+        return self._next[0]
+
+    def rewind(self, position: int) -> None:
+        self._check(self._lib.tpc_rewind(self._m, position))
+
     def decode(self, token: int) -> int:
         self._check(self._lib.tpc_decode(self._m, token, self._next))
         return self._next[0]
+
+    def set_sampling(self, sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                     repetition_penalty: float = 1.0, penalty_window: int = 0, seed: int = 0,
+                     on_host: bool = False) -> None:
+        sp = self._ffi.new("tpc_sampling *")
+        sp.sample = 1 if sample else 0
+        sp.temperature = temperature
+        sp.top_p = top_p
+        sp.top_k = top_k
+        sp.repetition_penalty = repetition_penalty
+        sp.penalty_window = penalty_window
+        sp.seed = seed & 0xFFFFFFFFFFFFFFFF
+        sp.on_host = 1 if on_host else 0
+        self._check(self._lib.tpc_set_sampling(self._m, sp))
 
     def reset(self) -> None:
         self._check(self._lib.tpc_reset(self._m))
@@ -173,6 +196,11 @@ class Model:
         self._lib.tpc_last_timing(self._m, self._timing)
         t = self._timing
         return t.total_us, t.device_us, t.host_us, t.launches, t.copies
+
+    def last_reused(self) -> int:
+        """Cached rows kept by the last prefill_reuse."""
+        self._lib.tpc_last_timing(self._m, self._timing)
+        return self._timing.reused
 
     def last_logits(self, vocab_size: int):
         buf = self._ffi.new("float[]", vocab_size)

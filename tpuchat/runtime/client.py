@@ -166,9 +166,11 @@ class EngineClient:
             self.open(a["bmodel"], a["devids"], a["lib_dir"])
 
     def generate(
-        self, ids: Sequence[int], max_new_tokens: int = 256, stop_ids: Sequence[int] = ()
+        self, ids: Sequence[int], max_new_tokens: int = 256, stop_ids: Sequence[int] = (),
+        sampling: Optional[dict] = None, reuse: bool = True,
     ) -> Iterator[Union[TokenEvent, DoneEvent]]:
-        """Stream one answer.  Abandoning the iterator early cancels the
+        """Stream one answer (greedy, or sampled with `sampling`: see
+        Engine.generate).  Abandoning the iterator early cancels the
         generation and drops its remaining events."""
         self.ensure_open()
         if not self._alive():
@@ -176,7 +178,8 @@ class EngineClient:
         self._gen += 1
         gen = self._gen
         self._send("generate", {"ids": list(ids), "max_new_tokens": max_new_tokens,
-                                "stop_ids": list(stop_ids), "gen": gen})
+                                "stop_ids": list(stop_ids), "gen": gen, "sampling": sampling,
+                                "reuse": reuse})
         finished = False
         try:
             while True:

@@ -1,6 +1,7 @@
 """The engine: a loaded bmodel that turns prompt ids into a stream of tokens
 and measures first-token latency, tokens/s and the device/host split."""
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -21,6 +22,7 @@ class GenerationStats:
     device_ms_per_token: float = 0.0  # per decode step, inside runtime calls
     host_us_per_token: float = 0.0  # per decode step, everything else (shim + Python)
     prefill_device_s: float = 0.0
+    reused_tokens: int = 0  # prompt tokens whose KV rows were already cached
     launches_per_token: float = 0.0
     copies_per_token: float = 0.0
     stop_reason: str = ""  # eos | max_tokens | context_full | cancelled
@@ -43,10 +45,10 @@ class Engine:
     def check_prompt(self, n: int) -> None:
         if n < 1:
             raise PromptTooLong("the prompt is empty")
-        if n > self.desc.seq_len:
+        if n > self.desc.kv_len:
             raise PromptTooLong(
-                f"the prompt has {n} tokens but this bmodel prefills at most {self.desc.seq_len}; "
-                "shorten it or use a bmodel compiled with a longer --seq_length"
+                f"the prompt has {n} tokens but this bmodel holds at most {self.desc.kv_len} "
+                "(its KV length); shorten it or use a bmodel compiled with a longer --seq_length"
             )
 
     def generate(
@@ -55,12 +57,20 @@ class Engine:
         max_new_tokens: int = 256,
         stop_ids: Iterable[int] = (),
         should_stop: Optional[Callable[[], bool]] = None,
+        sampling: Optional[dict] = None,
+        reuse: bool = True,
     ) -> Iterator[int]:
         """Yield generated token ids (stop tokens are not yielded).
 
-        self.stats is complete once the iterator is exhausted."""
+        sampling: None for greedy, else keyword arguments of
+        Model.set_sampling (sample, temperature, top_p, top_k,
+        repetition_penalty, penalty_window, seed).  With reuse, the KV rows
+        of the longest prefix shared with what is cached are kept and only
+        the rest is computed.  self.stats is complete once the iterator is
+        exhausted."""
         ids = list(prompt_ids)
         self.check_prompt(len(ids))
+        self.set_sampling(sampling)
         stops = set(stop_ids)
         st = self.stats = GenerationStats(prompt_tokens=len(ids))
         if max_new_tokens < 1:
@@ -68,10 +78,13 @@ class Engine:
             return
         model = self.model
         clock = time.perf_counter
+        if not reuse:
+            model.rewind(0)
         t0 = clock()
-        token = model.prefill(ids)
+        token = model.prefill_reuse(ids)
         st.ftl_s = clock() - t0
         st.prefill_device_s = model.last_timing()[1] / 1e6
+        st.reused_tokens = model.last_reused()
         device_us = host_us = launches = copies = 0.0
         steps = 0
         kv_len = self.desc.kv_len
@@ -107,6 +120,15 @@ class Engine:
             st.launches_per_token = launches / steps
             st.copies_per_token = copies / steps
 
+    def set_sampling(self, sampling: Optional[dict]) -> None:
+        if not sampling or not sampling.get("sample"):
+            self.model.set_sampling(sample=False)
+            return
+        args = dict(sampling)
+        if args.get("seed") is None:
+            args["seed"] = int.from_bytes(os.urandom(8), "little")
+        self.model.set_sampling(**args)
+
     def forced_picks(self, prompt_ids: Sequence[int], continuation: Sequence[int]) -> list:
         """Teacher forcing: feed `continuation` after the prompt whatever the
         model picks, and return the model's greedy pick at every step.  Used
@@ -114,7 +136,8 @@ class Engine:
         choice derailing the rest."""
         ids = list(prompt_ids)
         self.check_prompt(len(ids))
-        picks = [self.model.prefill(ids)]
+        self.model.rewind(0)
+        picks = [self.model.prefill_reuse(ids)]
         for tok in list(continuation)[:-1]:
             if self.model.position >= self.desc.kv_len:
                 break

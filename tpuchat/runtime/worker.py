@@ -63,7 +63,8 @@ def _serve(conn) -> None:
 
                 gen = args.get("gen", 0)  # tags events so the parent can drop stale ones
                 for tok in engine.generate(
-                    args["ids"], args.get("max_new_tokens", 256), args.get("stop_ids", ()), should_stop
+                    args["ids"], args.get("max_new_tokens", 256), args.get("stop_ids", ()), should_stop,
+                    args.get("sampling"), args.get("reuse", True),
                 ):
                     conn.send(("token", (gen, tok)))
                 conn.send(("done", (gen, engine.stats.to_dict())))

@@ -1,0 +1,133 @@
+"""Sampling and KV reuse across turns, on the simulator."""
+
+import pytest
+
+from tests.fixtures import models
+from tpuchat.errors import PromptTooLong, TpuchatError
+from tpuchat.runtime.client import DoneEvent, EngineClient
+
+pytestmark = pytest.mark.sim
+
+
+@pytest.fixture
+def open_variant(sim_lib, build, engine_log):
+    clients = []
+
+    def _open(variant):
+        build(variant)
+        c = EngineClient(engine_log)
+        clients.append(c)
+        c.open(str(models.bmodel_path(variant)), [0], sim_lib)
+        return c
+
+    yield _open
+    for c in clients:
+        c.close()
+
+
+def gen(client, ids, n, sampling=None, reuse=True):
+    out, stats = [], None
+    for ev in client.generate(ids, n, (), sampling, reuse):
+        if isinstance(ev, DoneEvent):
+            stats = ev.stats
+        else:
+            out.append(ev.id)
+    return out, stats
+
+
+PROMPT = list(range(20, 45))
+
+
+# -- sampling -------------------------------------------------------------------
+
+
+def test_sampling_is_seeded_and_temperature_zero_is_greedy(open_variant):
+    c = open_variant("qwen2-sample")
+    greedy, _ = gen(c, PROMPT, 8)
+    assert greedy == models.reference_greedy("qwen2-sample", [PROMPT], 8)[0]
+    assert gen(c, PROMPT, 8, {"sample": True, "temperature": 0.0, "seed": 5})[0] == greedy
+    a = gen(c, PROMPT, 8, {"sample": True, "temperature": 1.0, "seed": 1})[0]
+    b = gen(c, PROMPT, 8, {"sample": True, "temperature": 1.0, "seed": 1})[0]
+    other = gen(c, PROMPT, 8, {"sample": True, "temperature": 1.0, "seed": 2})[0]
+    assert a == b and a != other and a != greedy
+
+
+def test_host_sampler_draws_what_the_devices_sample_head_draws(open_variant):
+    """Same settings and seed: the C host sampler (used for logits-only
+    builds) and Sophgo's on-device sample_head pick the same tokens.  (top_p
+    is left at 1: the device keeps at least 5 candidates and cuts where the
+    cumulative probability reaches top_p, Hugging Face, and the host, after.)"""
+    c = open_variant("qwen2-sample")
+    s = {"sample": True, "temperature": 0.8, "top_k": 20, "repetition_penalty": 1.3, "seed": 7}
+    device = gen(c, PROMPT, 10, s)[0]
+    host = gen(c, PROMPT, 10, dict(s, on_host=True))[0]
+    assert device == host
+
+
+def test_repetition_penalty_reduces_repeats(open_variant):
+    c = open_variant("qwen2-sample")
+    ids = [100, 101, 102] * 8
+    greedy, _ = gen(c, ids, 24)
+    # Near-zero temperature: greedy on the penalised logits.
+    penalised, _ = gen(c, ids, 24, {"sample": True, "temperature": 0.05, "repetition_penalty": 5.0, "seed": 1})
+    assert len(set(greedy)) < len(greedy)  # this model loops greedily...
+    assert len(set(penalised)) > len(set(greedy))  # ...and the penalty breaks the loop
+
+
+def test_sampling_on_a_top1_build_is_refused_clearly(open_variant):
+    c = open_variant("qwen2-bf16")
+    with pytest.raises(TpuchatError, match="sampling is not available"):
+        gen(c, PROMPT, 2, {"sample": True, "temperature": 0.7})
+    assert gen(c, PROMPT, 2)[0]  # greedy still works
+
+
+@pytest.mark.parametrize("bad", [{"top_p": 0.0}, {"temperature": -1.0}, {"top_k": -3}, {"repetition_penalty": 0.0}])
+def test_bad_sampling_settings(open_variant, bad):
+    c = open_variant("qwen2-sample")
+    with pytest.raises(TpuchatError, match="bad sampling settings"):
+        gen(c, PROMPT, 2, dict({"sample": True, "temperature": 0.7}, **bad))
+
+
+# -- KV reuse across turns ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant, appends", [("qwen2-bf16", "decode"), ("qwen2-history", "block_kv")])
+def test_turn_by_turn_equals_full_reprefill(open_variant, variant, appends):
+    c = open_variant(variant)
+    turn1 = PROMPT + [7, 8]
+    a1, s1 = gen(c, turn1, 4)
+    assert s1["reused_tokens"] == 0
+    turn2 = turn1 + a1 + [9, 10, 11]  # the next turn's prompt repeats the answer
+    a2, s2 = gen(c, turn2, 4)
+    # Every fed token stays cached; the last answer token was never fed.
+    assert s2["reused_tokens"] == len(turn1) + len(a1) - 1
+    fresh, s_fresh = gen(c, turn2, 4, reuse=False)
+    assert s_fresh["reused_tokens"] == 0
+    assert a2 == fresh == models.reference_greedy(variant, [turn2], 4)[0]
+
+
+def test_an_edited_turn_keeps_only_the_common_prefix(open_variant):
+    c = open_variant("qwen2-history")
+    gen(c, PROMPT + [7, 8, 9], 3)
+    edited = PROMPT + [50, 51]
+    out, stats = gen(c, edited, 4)
+    assert stats["reused_tokens"] == len(PROMPT)
+    assert out == models.reference_greedy("qwen2-history", [edited], 4)[0]
+
+
+def test_regenerating_the_same_prompt(open_variant):
+    c = open_variant("qwen2-history")
+    first, _ = gen(c, PROMPT, 4)
+    again, stats = gen(c, PROMPT, 4)
+    assert again == first and stats["reused_tokens"] == len(PROMPT) - 1
+
+
+def test_prompt_longer_than_one_prefill_is_appended(open_variant):
+    """S = 64 here (--max_input_length 64, KV length 256): the first 64
+    tokens are prefilled, the rest appended by decode steps."""
+    c = open_variant("qwen2-maxinput")
+    ids = (PROMPT * 3)[:70]
+    out, _ = gen(c, ids, 3)
+    assert out == models.reference_greedy("qwen2-maxinput", [ids], 3)[0]
+    with pytest.raises(PromptTooLong, match="at most 256"):
+        gen(c, (PROMPT * 12)[:257], 1)
