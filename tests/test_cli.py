@@ -96,14 +96,20 @@ def test_run_prompt_too_long(demo, tmp_path):
     assert "holds at most 256" in r.stderr
 
 
-def test_bench_json(demo, tmp_path):
-    r = tpuchat("bench", "--model", demo, "--json", "--runs", "2", "-n", "3", tmp_path=tmp_path)
+def test_bench_json(sim_lib, build, tmp_path):
+    # The block_kv build always reuses; static builds choose by measured cost.
+    build("qwen2-history")
+    r = tpuchat("bench", "--model", str(models.bmodel_path("qwen2-history")), "--json", "--runs", "2", "-n", "3", "--turns", "2", "--no-lengths",
+                tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
     b = json.loads(r.stdout)
     assert b["prompt"] == "请使用python写一段冒泡排序算法。" and len(b["runs"]) == 2
     for key in ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token"):
         assert b[key]["min"] <= b[key]["median"] <= b[key]["max"] and b[key]["min"] > 0
     assert all(run["new_tokens"] == 3 for run in b["runs"])
+    turn1, turn2 = b["turns"]
+    assert turn1["reused_tokens"] == 0 and turn2["reused_tokens"] > turn1["prompt_tokens"] // 2
+    assert b["prompt_lengths"] == []
 
 
 def test_plain_chat_three_turns(demo, tmp_path):

@@ -1,4 +1,6 @@
-"""`tpuchat bench`: FTL and tokens/s over several runs, device vs host time."""
+"""`tpuchat bench`: FTL and tokens/s over several runs, device vs host time,
+FTL per turn of a conversation with and without KV reuse, and FTL for a
+short and a long prompt (dynamic builds compute only the real length)."""
 
 import statistics
 from typing import List, Optional, Sequence
@@ -6,13 +8,56 @@ from typing import List, Optional, Sequence
 from .chat.oneshot import check_fits, encode_prompt
 from .runtime.client import DoneEvent, EngineClient
 
+TURN_QUESTIONS = [
+    "请使用python写一段冒泡排序算法。",
+    "Explain how it works, step by step.",
+    "Now make it sort in descending order.",
+    "What is its time complexity?",
+    "Write a test for it.",
+]
+
 
 def _spread(values: List[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def _run(client, ids, n, reuse=True):
+    toks, stats = [], {}
+    for ev in client.generate(ids, n, (), None, reuse):
+        if isinstance(ev, DoneEvent):
+            stats = ev.stats
+        else:
+            toks.append(ev.id)
+    return toks, stats
+
+
+def _turns(client, tok, turns: int, max_new_tokens: int, limit: int) -> List[dict]:
+    """FTL of each turn of one conversation, keeping the cache vs recomputing it."""
+    messages, rows = [], []
+    for t in range(turns):
+        messages.append({"role": "user", "content": TURN_QUESTIONS[t % len(TURN_QUESTIONS)]})
+        ids = tok.encode_chat(messages)
+        if len(ids) + max_new_tokens > limit:
+            break
+        answer, with_reuse = _run(client, ids, max_new_tokens, reuse=True)
+        _, fresh = _run(client, ids, max_new_tokens, reuse=False)
+        rows.append({"turn": t + 1, "prompt_tokens": len(ids), "reused_tokens": with_reuse["reused_tokens"],
+                     "ftl_reuse_s": with_reuse["ftl_s"], "ftl_fresh_s": fresh["ftl_s"]})
+        messages.append({"role": "assistant", "content": tok.decode(answer)})
+    return rows
+
+
+def _lengths(client, short_ids: List[int], seq_len: int) -> List[dict]:
+    long_ids = (short_ids * (seq_len // max(1, len(short_ids)) + 1))[: max(len(short_ids), seq_len * 9 // 10)]
+    rows = []
+    for ids in (short_ids, long_ids):
+        _, st = _run(client, ids, 1, reuse=False)
+        rows.append({"prompt_tokens": len(ids), "ftl_s": st["ftl_s"]})
+    return rows
+
+
 def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokenizer_dir: Optional[str],
-              prompt: str, runs: int, max_new_tokens: int) -> dict:
+              prompt: str, runs: int, max_new_tokens: int, turns: int = 3, lengths: bool = True) -> dict:
     from .runtime.bmodel_file import check_bmodel_file
     from .text import find_tokenizer_dir, load_tokenizer
 
@@ -24,15 +69,17 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
         desc = client.open(model, devids, lib_dir)
         check_fits(len(ids), desc)
         for _ in range(runs):
-            # A fixed number of tokens per run (no stop on eos) keeps runs comparable.
-            for ev in client.generate(ids, max_new_tokens, ()):
-                if isinstance(ev, DoneEvent):
-                    records.append(ev.stats)
+            # A fixed number of tokens per run (no stop on eos), each from a
+            # fresh cache, keeps runs comparable.
+            records.append(_run(client, ids, max_new_tokens, reuse=False)[1])
+        turn_rows = _turns(client, tok, turns, min(max_new_tokens, 16), desc["kv_len"]) if turns else []
+        length_rows = _lengths(client, ids, desc["seq_len"]) if lengths else []
     keys = ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token")
     return {
         "model": model.rsplit("/", 1)[-1],
         "runtime": desc["runtime"]["kind"],
         "devices": list(devids),
+        "dynamic": desc["dynamic"],
         "prompt": prompt,
         "prompt_tokens": len(ids),
         "new_tokens": max_new_tokens,
@@ -40,4 +87,6 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
         **{k: _spread([r[k] for r in records]) for k in keys},
         "launches_per_token": records[-1]["launches_per_token"],
         "copies_per_token": records[-1]["copies_per_token"],
+        "turns": turn_rows,
+        "prompt_lengths": length_rows,
     }

@@ -78,14 +78,34 @@ def _root(
         typer.echo(ctx.get_help())
         typer.echo("\nFirst time here? `tpuchat demo` sets up the simulator and a tiny model and opens the chat.")
         raise typer.Exit(0)
-    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, 512, None))
+    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, None, None))
 
 
-def _chat(model, devid, tokenizer, libsophon, max_new_tokens, system) -> int:
-    from .chat.plain import run_plain_chat
-
+def _use_tui(plain: bool) -> bool:
+    """The Textual UI unless --plain, or stdin/stdout is not a terminal (pipes, scripts, dumb terminals)."""
+    if plain:
+        return False
     try:
-        return run_plain_chat(model, parse_devids(devid), libsophon, tokenizer, max_new_tokens, system)
+        if not (sys.stdout.isatty() and sys.stdin.isatty()):
+            return False
+    except (AttributeError, ValueError):
+        return False
+    import os
+
+    return os.environ.get("TERM", "") != "dumb"
+
+
+def _chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain: bool = False) -> int:
+    try:
+        devids = parse_devids(devid)
+        if _use_tui(plain):
+            from .tui import run_tui
+
+            # Errors opening the model are shown inside the UI (it never exits on them).
+            return run_tui(model, devids, libsophon, tokenizer, max_new_tokens, system)
+        from .chat.plain import run_plain_chat
+
+        return run_plain_chat(model, devids, libsophon, tokenizer, max_new_tokens or 512, system)
     except TpuchatError as e:
         raise _fail(e)
 
@@ -96,12 +116,39 @@ def chat(
     devid: str = DEVID_OPT,
     tokenizer: Optional[str] = TOKENIZER_OPT,
     libsophon: Optional[str] = LIB_OPT,
-    plain: bool = typer.Option(True, "--plain", help="Line-based chat (the only mode for now)."),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", "-n", min=1, help="Longest answer."),
+    plain: bool = typer.Option(False, "--plain", help="Line-based chat instead of the full-screen UI "
+                               "(also used when stdin/stdout is not a terminal)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", min=1,
+                                                 help="Longest answer (default: the settings file, else 512)."),
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
 ):
-    """Multi-turn chat in the terminal, streaming, with FTL and TPS after each answer."""
-    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, max_new_tokens, system))
+    """Multi-turn chat: the full-screen UI (streaming Markdown, live FTL and tokens/s, saved
+    conversations, model and device pickers), or --plain for a line-based chat."""
+    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain))
+
+
+@app.command()
+def web(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Open the chat with this .bmodel."),
+    devid: str = DEVID_OPT,
+    tokenizer: Optional[str] = TOKENIZER_OPT,
+    libsophon: Optional[str] = LIB_OPT,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    port: int = typer.Option(8080, "--port", "-p", help="Port to listen on."),
+    public_url: Optional[str] = typer.Option(None, "--public-url",
+                                             help="URL the browser uses, when behind a proxy or SSH tunnel."),
+):
+    """The same chat UI in a browser (textual-serve).  Each browser tab runs its own chat.
+
+    Binds to 127.0.0.1: from another machine use an SSH tunnel
+    (ssh -L 8080:127.0.0.1:8080 board) rather than a public address."""
+    from .tui.web import serve
+
+    try:
+        parse_devids(devid)
+        raise typer.Exit(serve(model, devid, tokenizer, libsophon, host, port, public_url))
+    except TpuchatError as e:
+        raise _fail(e)
 
 
 @app.command()
@@ -252,21 +299,26 @@ def bench(
     prompt: str = typer.Option(DEFAULT_BENCH_PROMPT, "--prompt", "-p", help="Prompt to answer."),
     runs: int = typer.Option(3, "--runs", "-r", min=1, help="Measured runs."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=2, help="Tokens per run."),
+    turns: int = typer.Option(3, "--turns", min=0, help="Conversation turns timed with and without KV reuse."),
+    lengths: bool = typer.Option(True, "--lengths/--no-lengths", help="Time a short and a long prompt."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """FTL and tokens/s over several runs (median, min, max), with the device/host split."""
+    """FTL and tokens/s over several runs (median, min, max), with the device/host split; FTL per turn
+    with and without KV reuse; FTL for a short and a long prompt."""
     from .bench import run_bench
 
     try:
-        report = run_bench(model, parse_devids(devid), libsophon, tokenizer, prompt, runs, max_new_tokens)
+        report = run_bench(model, parse_devids(devid), libsophon, tokenizer, prompt, runs, max_new_tokens,
+                           turns, lengths)
     except TpuchatError as e:
         raise _fail(e)
     if as_json:
         typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
     else:
-        from .tables import print_bench_table
+        from .tables import print_bench_table, print_reuse_tables
 
         print_bench_table(report)
+        print_reuse_tables(report)
 
 
 # --------------------------------------------------------------------------
@@ -300,6 +352,40 @@ def sim_install(
     except TpuchatError as e:
         raise _fail(e)
     typer.echo(f"simulator installed in {target}")
+
+
+# --------------------------------------------------------------------------
+# serve
+# --------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    model: str = MODEL_OPT,
+    devid: str = DEVID_OPT,
+    tokenizer: Optional[str] = TOKENIZER_OPT,
+    libsophon: Optional[str] = LIB_OPT,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port (0: any free port)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TPUCHAT_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on /v1 requests."),
+    insecure: bool = typer.Option(False, "--insecure",
+                                  help="Allow listening on a non-loopback address without an API key."),
+    queue: int = typer.Option(8, "--queue", min=0, help="Requests that may wait for the engine (429 beyond)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model id clients use (default: the file name)."),
+    greedy_fallback: bool = typer.Option(False, "--greedy-fallback",
+                                         help="On a top-1 bmodel, answer sampling requests greedily "
+                                              "instead of refusing them."),
+):
+    """OpenAI-compatible HTTP API: /v1/chat/completions (streaming or not), /v1/models, /health."""
+    from .server import serve as run_server
+
+    try:
+        code = run_server(model, parse_devids(devid), libsophon, tokenizer, host, port, api_key, insecure,
+                          queue, name, greedy_fallback)
+    except TpuchatError as e:
+        raise _fail(e)
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -66,3 +66,22 @@ def print_bench_table(r: dict) -> None:
         f"[dim]{len(r['runs'])} runs · prompt {r['prompt_tokens']} tokens · {r['new_tokens']} new tokens each · "
         "median (min–max)[/dim]"
     )
+
+
+def print_reuse_tables(r: dict) -> None:
+    c = Console()
+    if r.get("turns"):
+        t = Table(title="multi-turn: first-token latency per turn")
+        for col in ("turn", "prompt tokens", "reused from cache", "FTL with reuse (s)", "FTL recomputed (s)"):
+            t.add_column(col, justify="right")
+        for row in r["turns"]:
+            t.add_row(str(row["turn"]), str(row["prompt_tokens"]), str(row["reused_tokens"]),
+                      f"{row['ftl_reuse_s']:.3f}", f"{row['ftl_fresh_s']:.3f}")
+        c.print(t)
+    if r.get("prompt_lengths"):
+        t = Table(title="prompt length vs first-token latency" + (" (dynamic build)" if r.get("dynamic") else " (static build: always computes S)"))
+        t.add_column("prompt tokens", justify="right")
+        t.add_column("FTL (s)", justify="right")
+        for row in r["prompt_lengths"]:
+            t.add_row(str(row["prompt_tokens"]), f"{row['ftl_s']:.3f}")
+        c.print(t)

@@ -127,7 +127,9 @@ class ModelDesc:
         return self.lm_head == "logits" or "sample_head" in self.heads or "penalty_sample_head" in self.heads
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["can_sample"] = self.can_sample
+        return d
 
 
 class Model:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ class EngineClient:
         self.desc: Optional[dict] = None
         self._open_args: Optional[dict] = None
         self._gen = 0  # id of the latest generation
+        # cancel() comes from other threads (UI, HTTP handlers) while one reads.
+        self._send_lock = threading.Lock()
 
     # -- process management ----------------------------------------------
     def _start(self) -> None:
@@ -113,7 +116,8 @@ class EngineClient:
 
     def _send(self, op: str, args: dict) -> None:
         try:
-            self._conn.send((op, args))
+            with self._send_lock:
+                self._conn.send((op, args))
         except (OSError, EOFError):
             raise self._crashed() from None
 

@@ -1,0 +1,263 @@
+"""The OpenAI chat-completions wire format: request checking and response objects.
+
+Nothing here touches sockets or the engine, so every rule is unit-testable.
+
+Decisions (also in the README):
+- Greedy unless the request sets `temperature` > 0.  An absent temperature is greedy on every
+  build (the official clients omit it unless asked).  temperature > 0 needs a bmodel that can
+  sample (lm_head returns logits, or it has a sample head); on a top-1 build it is a 400
+  `sampling_unsupported`, unless the server runs with `--greedy-fallback` (then the answer is
+  greedy and says so in its `tpuchat.sampling` field).
+- top_p, top_k and seed only matter when sampling; repetition_penalty (an extension field) needs
+  sampling too.  presence/frequency penalties other than 0, n > 1, logprobs, tools, logit_bias
+  and JSON response formats are refused with 400 `unsupported_parameter`.
+- Messages that do not fit the bmodel are refused (400 `context_length_exceeded`), never cut
+  silently: an API client owns its history and must decide what to leave out.
+- max_tokens absent: the answer may use the whole rest of the KV cache.
+"""
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ..chat.session import GenSettings
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+MAX_STOPS = 4
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's format: {"error": {message, type, param, code}}."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad(message: str, param: Optional[str] = None, code: Optional[str] = None) -> ApiError:
+    return ApiError(400, message, "invalid_request_error", param, code)
+
+
+def unsupported(param: str, why: str) -> ApiError:
+    return bad(f"'{param}' is not supported by this server: {why}", param, "unsupported_parameter")
+
+
+@dataclass
+class ChatRequest:
+    messages: List[Dict[str, str]]
+    settings: GenSettings
+    stream: bool = False
+    include_usage: bool = False
+    stops: List[str] = field(default_factory=list)
+    sampling: str = "greedy"  # greedy | sampled | ignored (--greedy-fallback on a top-1 build)
+
+
+def _number(body: dict, name: str, lo: float, hi: float, integer: bool = False) -> Optional[float]:
+    v = body.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        raise bad(f"'{name}' must be {'an integer' if integer else 'a number'}, got {v!r}", name, "invalid_type")
+    if not lo <= v <= hi:
+        raise bad(f"'{name}' must be between {lo:g} and {hi:g}, got {v!r}", name, "invalid_value")
+    return v
+
+
+def _content(m: dict, i: int) -> str:
+    c = m.get("content")
+    if c is None:
+        if m.get("tool_calls") or m.get("function_call"):
+            raise unsupported("tools", "tool calls are not supported")
+        return ""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list):
+        parts = []
+        for p in c:
+            if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
+                kind = p.get("type") if isinstance(p, dict) else type(p).__name__
+                raise bad(f"messages[{i}].content: only text parts are supported, got {kind!r}",
+                          f"messages[{i}].content", "unsupported_content")
+            parts.append(p["text"])
+        return "".join(parts)
+    raise bad(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content",
+              "invalid_type")
+
+
+def parse_messages(body: dict) -> List[Dict[str, str]]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list):
+        raise bad("'messages' is required and must be a list of {role, content} objects", "messages",
+                  "invalid_type")
+    if not msgs:
+        raise bad("'messages' is empty: send at least one message", "messages", "empty_array")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise bad(f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]", "invalid_type")
+        role = m.get("role")
+        if role in ("tool", "function"):
+            raise unsupported("tools", "tool and function messages are not supported")
+        if role not in ROLES:
+            raise bad(f"messages[{i}].role must be one of system, developer, user, assistant; got {role!r}",
+                      f"messages[{i}].role", "invalid_value")
+        out.append({"role": ROLES[role], "content": _content(m, i)})
+    if all(m["role"] == "system" for m in out):
+        raise bad("'messages' holds only system messages: add a user message", "messages", "invalid_value")
+    return out
+
+
+def parse_request(body: Any, can_sample: bool, greedy_fallback: bool = False) -> ChatRequest:
+    """Check a /v1/chat/completions body and turn it into messages + GenSettings."""
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object")
+    messages = parse_messages(body)
+
+    # Parameters we cannot honour: refuse rather than ignore.
+    n = body.get("n")
+    if n not in (None, 1):
+        raise unsupported("n", "one engine produces one answer per request (n must be 1)")
+    for name in ("presence_penalty", "frequency_penalty"):
+        v = _number(body, name, -2.0, 2.0)
+        if v:
+            raise unsupported(name, "use the 'repetition_penalty' extension field (with temperature > 0)")
+    if body.get("logprobs"):
+        raise unsupported("logprobs", "the chip returns token ids, not log-probabilities")
+    if body.get("top_logprobs"):
+        raise unsupported("top_logprobs", "the chip returns token ids, not log-probabilities")
+    if body.get("logit_bias"):
+        raise unsupported("logit_bias", "logits are not adjustable on the device")
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise unsupported(name, "tool calling is not supported")
+    rf = body.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") not in (None, "text"):
+        raise unsupported("response_format", "only plain text answers are supported")
+    if body.get("audio") or body.get("modalities") not in (None, ["text"]):
+        raise unsupported("modalities", "only text is supported")
+
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise bad("'stream' must be true or false", "stream", "invalid_type")
+    so = body.get("stream_options")
+    include_usage = False
+    if so is not None:
+        if not isinstance(so, dict):
+            raise bad("'stream_options' must be an object", "stream_options", "invalid_type")
+        include_usage = bool(so.get("include_usage"))
+
+    max_tokens = _number(body, "max_completion_tokens", 1, 1 << 30, integer=True)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_tokens", 1, 1 << 30, integer=True)
+
+    stop = body.get("stop")
+    if stop is None:
+        stops = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        raise bad("'stop' must be a string or a list of strings", "stop", "invalid_type")
+    if len(stops) > MAX_STOPS:
+        raise bad(f"'stop' takes at most {MAX_STOPS} strings", "stop", "invalid_value")
+    stops = [s for s in stops if s]
+
+    temperature = _number(body, "temperature", 0.0, 2.0)
+    top_p = _number(body, "top_p", 0.0, 1.0)
+    top_k = _number(body, "top_k", 0, 1 << 20, integer=True)
+    rep = _number(body, "repetition_penalty", 0.01, 10.0)
+    seed = _number(body, "seed", -(1 << 63), (1 << 64) - 1, integer=True)
+
+    settings = GenSettings(max_new_tokens=int(max_tokens) if max_tokens else 0, stop=[])
+    sampling = "greedy"
+    if temperature:
+        if can_sample:
+            sampling = "sampled"
+            settings.sample = True
+            settings.temperature = float(temperature)
+            settings.top_p = float(top_p) if top_p is not None else 1.0
+            settings.top_k = int(top_k or 0)
+            settings.repetition_penalty = float(rep) if rep is not None else 1.0
+            settings.seed = int(seed) if seed is not None else None
+        elif greedy_fallback:
+            sampling = "ignored"
+        else:
+            raise bad(
+                f"temperature={temperature:g} asks for sampling, but this bmodel computes only the top-1 token "
+                "on the chip (compile it with llm_convert --do_sample to sample); send temperature 0 or "
+                "leave it out for greedy answers, or start the server with --greedy-fallback",
+                "temperature", "sampling_unsupported")
+    elif rep not in (None, 1, 1.0):
+        raise bad("'repetition_penalty' applies when sampling: set temperature > 0 (on a bmodel compiled "
+                  "with --do_sample)", "repetition_penalty", "invalid_value")
+    return ChatRequest(messages, settings, bool(stream), include_usage, stops, sampling)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+FINISH = {"eos": "stop", "stop": "stop", "max_tokens": "length", "context_full": "length"}
+
+
+def new_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def timings(stats: dict, queue_s: float, sampling: str) -> dict:
+    """The extra `tpuchat` field every answer carries."""
+    keys = ("ftl_s", "tokens_per_s", "prompt_tokens", "new_tokens", "device_ms_per_token",
+            "host_us_per_token", "stop_reason")
+    out = {k: stats[k] for k in keys if k in stats}
+    for k in ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token"):
+        if isinstance(out.get(k), float):
+            out[k] = round(out[k], 4)
+    out["queue_s"] = round(queue_s, 4)
+    out["sampling"] = sampling
+    return out
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion(cid: str, model: str, text: str, finish: str, use: dict, extra: dict) -> dict:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "logprobs": None, "finish_reason": finish}],
+        "usage": use,
+        "tpuchat": extra,
+    }
+
+
+def chunk(cid: str, created: int, model: str, delta: Optional[dict], finish: Optional[str] = None,
+          use: Optional[dict] = None, extra: Optional[dict] = None, include_usage: bool = False) -> dict:
+    out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+           "system_fingerprint": None,
+           "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
+                                                 "finish_reason": finish}]}
+    if include_usage:
+        out["usage"] = use  # null on every chunk but the last, as OpenAI does
+    if extra is not None:
+        out["tpuchat"] = extra
+    return out
+
+
+def models_list(model_id: str, created: int) -> dict:
+    return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
+                                        "owned_by": "tpuchat"}]}

@@ -1,0 +1,242 @@
+"""The chat UI's widgets, one per concern: conversation list, chat view (one
+MessageBox per message), the prompt input and the status bar."""
+
+import time
+from typing import List, Optional
+
+from rich.markup import escape
+from textual import events
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message as TMessage
+from textual.widgets import Input, Label, ListItem, ListView, Markdown, Static, TextArea
+
+
+def fmt_stats(stats: dict, stopped: bool = False, error: Optional[str] = None, model: Optional[str] = None,
+              live: bool = False) -> str:
+    parts = []
+    if stats.get("ftl_s") is not None:
+        parts.append(f"FTL {stats['ftl_s']:.2f} s")
+    if stats.get("tokens_per_s") is not None:
+        parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
+    if stats.get("new_tokens") is not None:
+        parts.append(f"{stats['new_tokens']} tokens")
+    reason = stats.get("stop_reason")
+    if error:
+        parts.append(f"[b red]failed[/]: {escape(error)}")
+    elif reason == "cancelled" or (stopped and not live and reason != "context_full"):
+        parts.append("[b yellow]stopped[/]")
+    elif reason == "context_full":
+        parts.append("[b yellow]context full[/] (/clear to start over)")
+    elif reason == "max_tokens":
+        parts.append("max tokens")
+    if model and not live:
+        parts.append(escape(model))
+    return " · ".join(parts)
+
+
+class MessageBox(Vertical):
+    """One message.  Assistant answers render as Markdown and can grow while streaming."""
+
+    def __init__(self, role: str, text: str = "", footer: str = "", title: str = "", **kw):
+        super().__init__(classes=f"msg {role}", **kw)
+        self.role = role
+        self.text = text
+        self._footer_text = footer
+        self._title = title or ("You" if role == "user" else "Assistant")
+        self._stream_parts: List[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield Label(escape(self._title), classes="msg-title")
+        if self.role == "user":
+            yield Static(escape(self.text), classes="msg-body", markup=True)
+        elif self.role == "error":
+            yield Static(self.text, classes="msg-body")
+        else:
+            yield Markdown(self.text, classes="msg-body")
+        yield Static(self._footer_text, classes="msg-footer")
+
+    @property
+    def body(self):
+        return self.query_one(".msg-body")
+
+    # A streamed answer is split into Markdown segments of about this many characters (at a blank line
+    # outside a code block), so appending never re-parses more than the last segment.
+    SEGMENT_CHARS = 1500
+
+    async def append_text(self, chunk: str) -> None:
+        """Add streamed text (called ~15 times a second with what arrived since)."""
+        self.text += chunk
+        segs = list(self.query(".msg-body"))
+        md = segs[-1]
+        seg_text = getattr(self, "_seg_text", self.text[: len(self.text) - len(chunk)]) + chunk
+        self._seg_text = seg_text
+        if not hasattr(md, "append"):  # pragma: no cover - textual < 2
+            await md.update(seg_text)
+            return
+        if len(seg_text) > self.SEGMENT_CHARS:
+            cut = seg_text.rfind("\n\n")
+            if cut > 0 and seg_text[:cut].count("```") % 2 == 0 and seg_text[cut:].strip():
+                head, tail = seg_text[:cut], seg_text[cut + 2:]
+                await md.update(head)
+                new = Markdown(tail, classes="msg-body")
+                await self.mount(new, after=md)
+                self._seg_text = tail
+                return
+        await md.append(chunk)
+
+    async def finalize(self, text: str) -> None:
+        if text != self.text:
+            segs = list(self.query(".msg-body"))
+            for extra in segs[1:]:
+                await extra.remove()
+            self.text = text
+            self._seg_text = text
+            await segs[0].update(text)
+
+    def set_footer(self, markup: str) -> None:
+        self._footer_text = markup
+        self.query_one(".msg-footer", Static).update(markup)
+
+
+class ChatView(VerticalScroll):
+    """The transcript.  Sticks to the bottom while an answer streams unless the user scrolls up."""
+
+    can_focus = True
+
+    def on_mount(self) -> None:
+        if hasattr(self, "anchor"):
+            self.anchor()
+
+    def follow(self) -> None:
+        if not hasattr(self, "anchor"):  # pragma: no cover - older textual
+            self.scroll_end(animate=False)
+
+
+class PromptInput(TextArea):
+    """Multi-line input: Enter sends, Ctrl+J (or the configured key, or Shift+Enter) inserts a
+    newline, Up on the first line recalls earlier prompts, Down on the last line goes forward."""
+
+    class Submitted(TMessage):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def __init__(self, history: Optional[List[str]] = None, newline_key: str = "ctrl+j", **kw):
+        super().__init__(**kw)
+        self.prompts: List[str] = list(history or [])
+        self._hist_pos: Optional[int] = None  # index into history while browsing
+        self._draft = ""
+        self.newline_keys = {"ctrl+j", "shift+enter", "alt+enter", newline_key}
+        self.show_line_numbers = False
+
+    def remember(self, text: str) -> None:
+        if text.strip() and (not self.prompts or self.prompts[-1] != text):
+            self.prompts.append(text)
+        self._hist_pos = None
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self.text))
+            return
+        if event.key in self.newline_keys:
+            event.stop()
+            event.prevent_default()
+            start, end = self.selection
+            self._replace_via_keyboard("\n", start, end)
+            return
+        await super()._on_key(event)
+
+    def _set(self, text: str) -> None:
+        self.load_text(text)
+        lines = text.split("\n")
+        self.move_cursor((len(lines) - 1, len(lines[-1])))
+
+    def action_cursor_up(self, select: bool = False) -> None:
+        if not select and self.cursor_location[0] == 0 and self.prompts:
+            if self._hist_pos is None:
+                self._draft = self.text
+                self._hist_pos = len(self.prompts)
+            if self._hist_pos > 0:
+                self._hist_pos -= 1
+                self._set(self.prompts[self._hist_pos])
+            return
+        super().action_cursor_up(select)
+
+    def action_cursor_down(self, select: bool = False) -> None:
+        last_row = self.document.line_count - 1
+        if not select and self._hist_pos is not None and self.cursor_location[0] >= last_row:
+            self._hist_pos += 1
+            if self._hist_pos >= len(self.prompts):
+                self._hist_pos = None
+                self._set(self._draft)
+            else:
+                self._set(self.prompts[self._hist_pos])
+            return
+        super().action_cursor_down(select)
+
+
+class StatusBar(Static):
+    """model · devices · state · FTL / tok/s · context · memory (redrawn on a timer, not per token)."""
+
+    def show(self, markup: str) -> None:
+        if markup != getattr(self, "_last", None):
+            self._last = markup
+            self.update(markup)
+
+
+class ConversationItem(ListItem):
+    def __init__(self, conv_id: int, title: str, when: float):
+        super().__init__(Label(escape(title or "(untitled)"), classes="conv-title"),
+                         Label(time.strftime("%m-%d %H:%M", time.localtime(when)), classes="conv-when"))
+        self.conv_id = conv_id
+
+
+class ConvListView(ListView):
+    BINDINGS = [
+        ("n", "app.new_conversation", "New"),
+        ("r", "app.rename_conversation", "Rename"),
+        ("d", "app.delete_conversation", "Delete"),
+        ("delete", "app.delete_conversation", "Delete"),
+    ]
+
+
+class ConversationList(Vertical):
+    """Sidebar: search box and the saved conversations, newest first.
+    Enter opens; n new; r rename; Delete/d delete."""
+
+    class Selected(TMessage):
+        def __init__(self, conv_id: int) -> None:
+            super().__init__()
+            self.conv_id = conv_id
+
+    def compose(self) -> ComposeResult:
+        yield Label("Conversations", id="sidebar-title")
+        yield Input(placeholder="search…", id="conv-search")
+        yield ConvListView(id="conv-list")
+
+    def fill(self, convs, current: Optional[int]) -> None:
+        lv = self.query_one(ListView)
+        lv.clear()
+        index = None
+        for i, c in enumerate(convs):
+            lv.append(ConversationItem(c.id, c.title, c.updated))
+            if c.id == current:
+                index = i
+        if index is None and convs:
+            index = 0
+        if index is not None:
+            # after the new items are mounted, or the index is dropped
+            lv.call_after_refresh(setattr, lv, "index", index)
+
+    @property
+    def highlighted_id(self) -> Optional[int]:
+        item = self.query_one(ListView).highlighted_child
+        return item.conv_id if isinstance(item, ConversationItem) else None
+
+    def on_list_view_selected(self, event: ListView.Selected) -> None:
+        event.stop()
+        if isinstance(event.item, ConversationItem):
+            self.post_message(self.Selected(event.item.conv_id))
