@@ -115,7 +115,9 @@ def test_device_count_mismatch(sim_lib, good, tmp_path):
 
 
 def test_crash_inside_the_runtime_is_contained(sim_lib, good, tmp_path):
-    """Damaged kernels/weights load, then segfault the simulator when run."""
+    """Damaged kernels/weights load, then crash the simulator when run, or
+    hang it (which bytes get damaged decides): either way the caller gets a
+    one-line EngineCrashed, never a hang, and the next request works."""
 
     def edit(b):
         _, hs, fs, _ = struct.unpack("<IIIQ", bytes(b[:20]))
@@ -123,10 +125,10 @@ def test_crash_inside_the_runtime_is_contained(sim_lib, good, tmp_path):
             b[i] ^= 0xFF
 
     bad = damaged(good, tmp_path, "bin.bmodel", edit)
-    client = EngineClient(tmp_path / "log")
+    client = EngineClient(tmp_path / "log", stall_timeout=60)
     try:
         client.open(str(bad), [0], sim_lib)
-        with pytest.raises(EngineCrashed, match="killed by SIG") as err:
+        with pytest.raises(EngineCrashed, match="killed by SIG|stopped responding") as err:
             list(client.generate(list(range(5, 20)), 3))
         assert err.value.log_tail  # the caller gets the end of the log
         # The next request starts a fresh worker.

@@ -46,8 +46,13 @@ def _exit_reason(code: Optional[int]) -> str:
 class EngineClient:
     """Runs an Engine in a child process and streams its events."""
 
-    def __init__(self, log_path: Optional[Union[str, Path]] = None):
+    def __init__(self, log_path: Optional[Union[str, Path]] = None, stall_timeout: Optional[float] = None):
         self.log_path = Path(log_path) if log_path else state_dir() / "engine.log"
+        # A hung device or runtime sends nothing: past this many seconds
+        # without a word from the worker, it is killed and reported.
+        if stall_timeout is None:
+            stall_timeout = float(os.environ.get("TPUCHAT_ENGINE_TIMEOUT", "300"))
+        self.stall_timeout = stall_timeout
         self._proc: Optional[subprocess.Popen] = None
         self._conn = None
         self.desc: Optional[dict] = None
@@ -105,6 +110,18 @@ class EngineClient:
         err.log_tail = self.log_tail()
         return err
 
+    def _stalled(self) -> EngineCrashed:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+        self._drop()
+        err = EngineCrashed(
+            f"the engine stopped responding for {self.stall_timeout:.0f} s (hung device or runtime?) and was "
+            f"stopped; log: {self.log_path}"
+        )
+        err.log_tail = self.log_tail()
+        return err
+
     def _drop(self) -> None:
         if self._conn is not None:
             try:
@@ -122,6 +139,7 @@ class EngineClient:
             raise self._crashed() from None
 
     def _recv(self):
+        deadline = time.monotonic() + self.stall_timeout
         try:
             while not self._conn.poll(0.2):
                 if not self._alive():
@@ -129,6 +147,8 @@ class EngineClient:
                     if self._conn.poll(0):
                         break
                     raise self._crashed()
+                if time.monotonic() > deadline:
+                    raise self._stalled()
             return self._conn.recv()
         except (OSError, EOFError):
             raise self._crashed() from None
