@@ -31,3 +31,23 @@ def build():
 @pytest.fixture
 def engine_log(tmp_path):
     return tmp_path / "engine.log"
+
+
+@pytest.fixture
+def open_variant(sim_lib, build, engine_log):
+    """open_variant(name) -> (engine client, description) for a built fixture; closed afterwards."""
+    from tests.fixtures import models
+    from tpuchat.runtime.client import EngineClient
+
+    clients = []
+
+    def _open(variant):
+        build(variant)
+        c = EngineClient(engine_log)
+        clients.append(c)
+        desc = c.open(str(models.bmodel_path(variant)), [0], sim_lib)
+        return c, desc
+
+    yield _open
+    for c in clients:
+        c.close()

@@ -4,25 +4,9 @@ import pytest
 
 from tests.fixtures import models
 from tpuchat.errors import PromptTooLong, TpuchatError
-from tpuchat.runtime.client import DoneEvent, EngineClient
+from tpuchat.runtime.client import DoneEvent
 
 pytestmark = pytest.mark.sim
-
-
-@pytest.fixture
-def open_variant(sim_lib, build, engine_log):
-    clients = []
-
-    def _open(variant):
-        build(variant)
-        c = EngineClient(engine_log)
-        clients.append(c)
-        c.open(str(models.bmodel_path(variant)), [0], sim_lib)
-        return c
-
-    yield _open
-    for c in clients:
-        c.close()
 
 
 def gen(client, ids, n, sampling=None, reuse=True):
@@ -42,7 +26,7 @@ PROMPT = list(range(20, 45))
 
 
 def test_sampling_is_seeded_and_temperature_zero_is_greedy(open_variant):
-    c = open_variant("qwen2-sample")
+    c, _ = open_variant("qwen2-sample")
     greedy, _ = gen(c, PROMPT, 8)
     assert greedy == models.reference_greedy("qwen2-sample", [PROMPT], 8)[0]
     assert gen(c, PROMPT, 8, {"sample": True, "temperature": 0.0, "seed": 5})[0] == greedy
@@ -57,7 +41,7 @@ def test_host_sampler_draws_what_the_devices_sample_head_draws(open_variant):
     builds) and Sophgo's on-device sample_head pick the same tokens.  (top_p
     is left at 1: the device keeps at least 5 candidates and cuts where the
     cumulative probability reaches top_p, Hugging Face, and the host, after.)"""
-    c = open_variant("qwen2-sample")
+    c, _ = open_variant("qwen2-sample")
     s = {"sample": True, "temperature": 0.8, "top_k": 20, "repetition_penalty": 1.3, "seed": 7}
     device = gen(c, PROMPT, 10, s)[0]
     host = gen(c, PROMPT, 10, dict(s, on_host=True))[0]
@@ -65,7 +49,7 @@ def test_host_sampler_draws_what_the_devices_sample_head_draws(open_variant):
 
 
 def test_repetition_penalty_reduces_repeats(open_variant):
-    c = open_variant("qwen2-sample")
+    c, _ = open_variant("qwen2-sample")
     ids = [100, 101, 102] * 8
     greedy, _ = gen(c, ids, 24)
     # Near-zero temperature: greedy on the penalised logits.
@@ -75,7 +59,7 @@ def test_repetition_penalty_reduces_repeats(open_variant):
 
 
 def test_sampling_on_a_top1_build_is_refused_clearly(open_variant):
-    c = open_variant("qwen2-bf16")
+    c, _ = open_variant("qwen2-bf16")
     with pytest.raises(TpuchatError, match="sampling is not available"):
         gen(c, PROMPT, 2, {"sample": True, "temperature": 0.7})
     assert gen(c, PROMPT, 2)[0]  # greedy still works
@@ -83,7 +67,7 @@ def test_sampling_on_a_top1_build_is_refused_clearly(open_variant):
 
 @pytest.mark.parametrize("bad", [{"top_p": 0.0}, {"temperature": -1.0}, {"top_k": -3}, {"repetition_penalty": 0.0}])
 def test_bad_sampling_settings(open_variant, bad):
-    c = open_variant("qwen2-sample")
+    c, _ = open_variant("qwen2-sample")
     with pytest.raises(TpuchatError, match="bad sampling settings"):
         gen(c, PROMPT, 2, dict({"sample": True, "temperature": 0.7}, **bad))
 
@@ -93,7 +77,7 @@ def test_bad_sampling_settings(open_variant, bad):
 
 @pytest.mark.parametrize("variant, appends", [("qwen2-bf16", "decode"), ("qwen2-history", "block_kv")])
 def test_turn_by_turn_equals_full_reprefill(open_variant, variant, appends):
-    c = open_variant(variant)
+    c, _ = open_variant(variant)
     turn1 = PROMPT + [7, 8]
     a1, s1 = gen(c, turn1, 4)
     assert s1["reused_tokens"] == 0
@@ -107,7 +91,7 @@ def test_turn_by_turn_equals_full_reprefill(open_variant, variant, appends):
 
 
 def test_an_edited_turn_keeps_only_the_common_prefix(open_variant):
-    c = open_variant("qwen2-history")
+    c, _ = open_variant("qwen2-history")
     gen(c, PROMPT + [7, 8, 9], 3)
     edited = PROMPT + [50, 51]
     out, stats = gen(c, edited, 4)
@@ -116,7 +100,7 @@ def test_an_edited_turn_keeps_only_the_common_prefix(open_variant):
 
 
 def test_regenerating_the_same_prompt(open_variant):
-    c = open_variant("qwen2-history")
+    c, _ = open_variant("qwen2-history")
     first, _ = gen(c, PROMPT, 4)
     again, stats = gen(c, PROMPT, 4)
     assert again == first and stats["reused_tokens"] == len(PROMPT) - 1
@@ -125,7 +109,7 @@ def test_regenerating_the_same_prompt(open_variant):
 def test_prompt_longer_than_one_prefill_is_appended(open_variant):
     """S = 64 here (--max_input_length 64, KV length 256): the first 64
     tokens are prefilled, the rest appended by decode steps."""
-    c = open_variant("qwen2-maxinput")
+    c, _ = open_variant("qwen2-maxinput")
     ids = (PROMPT * 3)[:70]
     out, _ = gen(c, ids, 3)
     assert out == models.reference_greedy("qwen2-maxinput", [ids], 3)[0]

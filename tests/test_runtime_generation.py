@@ -8,7 +8,7 @@ import pytest
 
 from tests.fixtures import models
 from tpuchat.errors import PromptTooLong
-from tpuchat.runtime.client import DoneEvent, EngineClient
+from tpuchat.runtime.client import DoneEvent
 
 pytestmark = pytest.mark.sim
 
@@ -33,22 +33,6 @@ def generate(client, ids, max_new, stop=()):
         else:
             toks.append(ev.id)
     return toks, stats
-
-
-@pytest.fixture
-def open_variant(sim_lib, build, engine_log):
-    clients = []
-
-    def _open(variant):
-        build(variant)
-        c = EngineClient(engine_log)
-        clients.append(c)
-        desc = c.open(str(models.bmodel_path(variant)), [0], sim_lib)
-        return c, desc
-
-    yield _open
-    for c in clients:
-        c.close()
 
 
 EXACT = ["qwen2-bf16", "qwen2-f16", "qwen2-w8bf16", "qwen2-dynamic", "qwen2-sample", "qwen2-history",

@@ -23,8 +23,6 @@ edit to the builder rebuilds; an unchanged call returns at once.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -121,17 +119,6 @@ def source_hash(arch: str, dtype: str) -> str:
     return _sha(_sources_hash((HERE / "toolchain.py", TINYMODELS)), arch, dtype)
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _tail(path: Path, n: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -171,7 +158,7 @@ def source_dir(arch: str, dtype: str, tc: toolchain.Toolchain | None = None) -> 
     model = final / _model_basename(arch)
     if (final / "done").exists():
         return model
-    with _lock(models_dir() / "src" / f".{arch}-{dtype}.lock"):
+    with toolchain.file_lock(models_dir() / "src" / f".{arch}-{dtype}.lock"):
         if (final / "done").exists():
             return model
         tc = tc or toolchain.ensure(log=_log)
@@ -227,7 +214,7 @@ def build(name: str) -> Path:
     final = variant_path(v.name)
     if _manifest(final) is not None:
         return final
-    with _lock(models_dir() / f".{v.name}.lock"):
+    with toolchain.file_lock(models_dir() / f".{v.name}.lock"):
         if _manifest(final) is not None:
             return final
         tc = toolchain.ensure(log=_log)

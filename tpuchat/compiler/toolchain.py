@@ -132,7 +132,8 @@ def _is_ready(venv: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _lock(path: Path):
+def file_lock(path: Path):
+    """Hold an exclusive flock on `path` (created if missing) for the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -274,7 +275,7 @@ def ensure(log=None) -> Toolchain:
     tc = Toolchain(venv)
     if _is_ready(venv) and shutil.which("parallel"):
         return tc
-    with _lock(compiler_dir() / ".install.lock"):
+    with file_lock(compiler_dir() / ".install.lock"):
         if _is_ready(venv) and shutil.which("parallel"):
             return tc
         ensure_parallel(log)
