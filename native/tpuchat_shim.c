@@ -270,6 +270,12 @@ struct tpc_model {
   void *logits_raw;
   tpc_timing timing;
   double call_start, device_us;
+
+  /* A pinned shared prefix (tpc_pin_prefix): a device copy of its KV rows,
+   * layer i's K at [2i * n rows], V at [(2i + 1) * n rows]. */
+  bmapi_mem_t prefix_mem;
+  int prefix_len;
+  int32_t *prefix_tokens;
 };
 
 const char *tpc_error(const tpc_model *m) { return m ? m->err : "no model"; }
@@ -1004,6 +1010,8 @@ static int append(tpc_model *m, const int *ids, int from, int n, int *next_token
   return rc;
 }
 
+static int restore_prefix(tpc_model *m, int rows);
+
 int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
   if (!m) return TPC_E_ARG;
   tpc_desc *d = &m->d;
@@ -1012,6 +1020,10 @@ int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
     return fail(m, TPC_E_ARG, "prompt of %d tokens is longer than this bmodel's KV length %d", n, d->kv_len);
   int lcp = 0, limit = m->position < n ? m->position : n;
   while (lcp < limit && m->tokens[lcp] == ids[lcp]) lcp++;
+  int plcp = 0, plimit = m->prefix_len < n ? m->prefix_len : n;
+  while (plcp < plimit && m->prefix_tokens[plcp] == ids[plcp]) plcp++;
+  int restore = plcp > lcp; /* the pinned copy holds more of this prompt than the cache */
+  if (restore) lcp = plcp;
   if (lcp == n) lcp = n - 1; /* the last prompt token is fed again for its logits */
   /* A fresh start prefills up to seq_len tokens and appends the rest.
    * Appending costs one decode step per token (or one block_kv launch per
@@ -1023,7 +1035,8 @@ int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
   begin_call(m);
   int rc;
   if (use_append) {
-    rc = append(m, ids, lcp, n, next_token);
+    rc = restore ? restore_prefix(m, lcp) : TPC_OK;
+    if (!rc) rc = append(m, ids, lcp, n, next_token);
     m->timing.reused = lcp;
   } else {
     m->position = 0;
@@ -1177,6 +1190,83 @@ int tpc_last_logits(tpc_model *m, float *out, int n) {
 }
 
 /* ------------------------------------------------------------------ */
+/* shared prefix: KV rows kept aside on the device                      */
+/* ------------------------------------------------------------------ */
+
+/* Copy the pinned rows [0, rows) back into the cache: two device copies
+ * per layer instead of recomputing them. */
+static int restore_prefix(tpc_model *m, int rows) {
+  size_t n = (size_t)m->prefix_len * m->kv_row_bytes, size = (size_t)rows * m->kv_row_bytes;
+  int rc = TPC_OK;
+  for (int i = 0; i < m->d.num_layers && !rc; i++) {
+    rc = copy_d2d(m, m->kv_k[i], 0, m->prefix_mem, (size_t)(2 * i) * n, size, "pinned K rows");
+    if (!rc) rc = copy_d2d(m, m->kv_v[i], 0, m->prefix_mem, (size_t)(2 * i + 1) * n, size, "pinned V rows");
+  }
+  if (rc) return rc;
+  memcpy(m->tokens, m->prefix_tokens, sizeof(int32_t) * (size_t)rows);
+  m->position = rows;
+  m->token_on_device = 0;
+  return TPC_OK;
+}
+
+static void drop_prefix(tpc_model *m) {
+  if (m->prefix_mem.size) RT.free_device(H(m), m->prefix_mem);
+  memset(&m->prefix_mem, 0, sizeof m->prefix_mem);
+  free(m->prefix_tokens);
+  m->prefix_tokens = NULL;
+  m->prefix_len = 0;
+}
+
+int tpc_pin_prefix(tpc_model *m, const int *ids, int n) {
+  if (!m || n < 0 || (n > 0 && !ids)) return TPC_E_ARG;
+  drop_prefix(m);
+  if (n == 0) return TPC_OK;
+  if (n >= m->d.kv_len)
+    return fail(m, TPC_E_ARG, "a shared prefix of %d tokens leaves no room in this bmodel's KV length %d", n,
+                m->d.kv_len);
+  int32_t *toks = malloc(sizeof(int32_t) * (size_t)n);
+  if (!toks) return fail(m, TPC_E_NOMEM, "out of host memory");
+  int next, rc = tpc_prefill_reuse(m, ids, n, &next); /* computes only what is not cached yet */
+  if (rc) {
+    free(toks);
+    return rc;
+  }
+  tpc_timing t = m->timing;
+  size_t per = (size_t)n * m->kv_row_bytes, bytes = per * 2 * (size_t)m->d.num_layers;
+  bmapi_mem_t mem;
+  if (bytes > 0xffffffffu || RT.malloc_device_byte(H(m), &mem, (unsigned int)bytes) != 0) {
+    free(toks);
+    return fail(m, TPC_E_NOMEM, "not enough device memory to keep a %d-token shared prefix (%zu MB)", n,
+                bytes >> 20);
+  }
+  m->prefix_mem = mem;
+  begin_call(m);
+  for (int i = 0; i < m->d.num_layers && !rc; i++) {
+    rc = copy_d2d(m, mem, (size_t)(2 * i) * per, m->kv_k[i], 0, per, "K rows to pin");
+    if (!rc) rc = copy_d2d(m, mem, (size_t)(2 * i + 1) * per, m->kv_v[i], 0, per, "V rows to pin");
+  }
+  if (!rc) rc = sync_device(m);
+  end_call(m);
+  if (rc) {
+    free(toks);
+    drop_prefix(m);
+    return rc;
+  }
+  memcpy(toks, ids, sizeof(int32_t) * (size_t)n);
+  m->prefix_tokens = toks;
+  m->prefix_len = n;
+  /* Report the prefill's timing (how long computing the prefix took) plus the copies. */
+  t.total_us += m->timing.total_us;
+  t.device_us += m->timing.device_us;
+  t.host_us += m->timing.host_us;
+  t.copies += m->timing.copies;
+  m->timing = t;
+  return TPC_OK;
+}
+
+int tpc_pinned_prefix(const tpc_model *m) { return m ? m->prefix_len : 0; }
+
+/* ------------------------------------------------------------------ */
 /* open / close / inspection                                            */
 /* ------------------------------------------------------------------ */
 
@@ -1306,6 +1396,8 @@ void tpc_close(tpc_model *m) {
       if (m->kv_v[i].size) RT.free_device(H(m), m->kv_v[i]);
     }
   }
+  if (m->prefix_mem.size) RT.free_device(H(m), m->prefix_mem);
+  free(m->prefix_tokens);
   if (m->rt) RT.destroy(m->rt);
   for (int i = 0; i < m->num_handles; i++)
     if (m->handles[i]) RT.dev_free(m->handles[i]);

@@ -148,5 +148,13 @@ typedef struct {
 } tpc_sampling;
 int tpc_set_sampling(tpc_model *m, const tpc_sampling *s);
 
+/* Shared prefix: compute the KV rows of ids[0, n) (keeping what is already
+ * cached) and keep a device copy of them, so any later prompt that starts
+ * with some of these ids gets those rows back by device copies instead of
+ * recomputing them, whatever ran in between.  Replaces an earlier pin;
+ * n = 0 drops it.  Leaves the cache holding the prefix. */
+int tpc_pin_prefix(tpc_model *m, const int *ids, int n);
+int tpc_pinned_prefix(const tpc_model *m);
+
 /* cdef-end */
 #endif

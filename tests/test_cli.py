@@ -119,3 +119,35 @@ def test_plain_chat_three_turns(demo, tmp_path):
     assert r.stderr.count("FTL") == 3 and r.stderr.count("TPS") == 3
     assert "(system prompt set)" in r.stderr and "(history cleared)" in r.stderr
     assert len([l for l in r.stdout.splitlines() if l.strip()]) >= 3
+
+
+def test_plain_chat_with_a_shared_prefix_file(sim_lib, build, tmp_path):
+    """--prefix-file: the document is computed once; after /clear the new
+    conversation starts from its pinned rows instead of recomputing them."""
+    build("qwen2-history")
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The TPU has 32 lanes. " * 12, encoding="utf-8")
+    script = "How many lanes?\n/clear\nAnd the clock?\n/exit\n"
+    r = tpuchat("chat", "--plain", "--model", str(models.bmodel_path("qwen2-history")), "-n", "3",
+                "--prefix-file", str(doc), input=script, tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr
+    pinned = int(r.stderr.split("(shared prefix: ")[1].split(" tokens")[0])
+    assert pinned > 60
+    cached = [int(line.split("(")[1].split(" of")[0]) for line in r.stderr.splitlines()
+              if line.startswith("FTL") and "cached" in line]
+    assert cached == [pinned, pinned]  # both conversations, the second one after /clear
+
+
+def test_bad_prefix_files(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    cases = [(["--prefix-file", str(tmp_path / "missing.txt")], "cannot read it"),
+             (["--prefix-file", str(empty)], "the file is empty"),
+             (["--prefix-file", str(binary)], "not UTF-8 text"),
+             (["--prefix-file", str(empty), "--system", "hi"], "either --system or --prefix-file")]
+    for extra, message in cases:
+        r = tpuchat("chat", "--plain", "--model", "nothing.bmodel", *extra, input="", tmp_path=tmp_path)
+        assert r.returncode != 0 and message in r.stderr, (extra, r.stderr)
+        assert r.stderr.count("\n") == 1

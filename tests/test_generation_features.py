@@ -115,3 +115,36 @@ def test_prompt_longer_than_one_prefill_is_appended(open_variant):
     assert out == models.reference_greedy("qwen2-maxinput", [ids], 3)[0]
     with pytest.raises(PromptTooLong, match="at most 256"):
         gen(c, (PROMPT * 12)[:257], 1)
+
+
+# -- shared prefix -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["qwen2-history", "qwen2-bf16"])
+def test_a_pinned_prefix_is_reused_after_other_prompts(open_variant, variant):
+    """A pinned prefix (a shared document) comes back by device copies after
+    an unrelated prompt overwrote the cache; answers stay exact."""
+    c, _ = open_variant(variant)
+    doc = list(range(60, 100))
+    pinned = c.pin_prefix(doc)
+    assert pinned["tokens"] == len(doc)
+    q1 = doc + [7, 8, 9]
+    out1, s1 = gen(c, q1, 3)
+    assert s1["reused_tokens"] == len(doc)
+    gen(c, PROMPT, 3)  # another conversation takes the cache
+    q2 = doc + [11, 12]
+    out2, s2 = gen(c, q2, 3)
+    assert s2["reused_tokens"] == len(doc)
+    assert [out1, out2] == models.reference_greedy(variant, [q1, q2], 3)
+    c.pin_prefix([])  # dropped: the next question after another prompt starts afresh
+    gen(c, PROMPT, 1)
+    _, s3 = gen(c, q2, 3)
+    assert s3["reused_tokens"] == 0
+
+
+def test_a_prefix_that_fills_the_context_is_refused(open_variant):
+    c, desc = open_variant("qwen2-history")
+    with pytest.raises(PromptTooLong, match="shared prefix"):
+        c.pin_prefix([5] * desc["kv_len"])
+    out, _ = gen(c, PROMPT, 2)  # the model still works
+    assert out == models.reference_greedy("qwen2-history", [PROMPT], 2)[0]

@@ -7,6 +7,7 @@ a non-zero exit code.
 
 import json
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -31,6 +32,34 @@ LIB_OPT = typer.Option(None, "--libsophon", help="Directory holding libbmrt/libb
                        envvar="TPUCHAT_LIBSOPHON")
 TOKENIZER_OPT = typer.Option(None, "--tokenizer", "-t",
                              help="Tokenizer dir (default: config/ beside the bmodel, then ./token_config).")
+PREFIX_OPT = typer.Option(None, "--prefix-file",
+                          help="A shared document or long system prompt (UTF-8 text): it becomes the system "
+                               "prompt, computed once and kept on the device for every conversation.")
+PREFIX_LIMIT = 4 << 20  # bytes; far beyond any bmodel's context, small enough to read at once
+
+
+def read_prefix_file(path: Optional[str], system: Optional[str]) -> Optional[str]:
+    """The --prefix-file text (None without one); one-line errors for a bad file."""
+    if path is None:
+        return None
+    if system is not None:
+        raise TpuchatError("give either --system or --prefix-file (the file's text becomes the system prompt)")
+    p = Path(path).expanduser()
+    try:
+        if p.is_dir():
+            raise TpuchatError(f"--prefix-file {path}: is a directory, not a text file")
+        if p.stat().st_size > PREFIX_LIMIT:
+            raise TpuchatError(f"--prefix-file {path}: larger than {PREFIX_LIMIT >> 20} MB; no bmodel holds that much")
+        data = p.read_bytes()
+    except OSError as e:
+        raise TpuchatError(f"--prefix-file {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise TpuchatError(f"--prefix-file {path}: not UTF-8 text") from None
+    if not text:
+        raise TpuchatError(f"--prefix-file {path}: the file is empty")
+    return text
 
 
 def _err(msg: str) -> None:
@@ -64,6 +93,7 @@ def _root(
     devid: str = DEVID_OPT,
     tokenizer: Optional[str] = TOKENIZER_OPT,
     libsophon: Optional[str] = LIB_OPT,
+    prefix_file: Optional[str] = PREFIX_OPT,
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ):
     """With --model and no command, opens the chat."""
@@ -78,7 +108,7 @@ def _root(
         typer.echo(ctx.get_help())
         typer.echo("\nFirst time here? `tpuchat demo` sets up the simulator and a tiny model and opens the chat.")
         raise typer.Exit(0)
-    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, None, None))
+    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, None, None, prefix_file=prefix_file))
 
 
 def _use_tui(plain: bool) -> bool:
@@ -95,17 +125,23 @@ def _use_tui(plain: bool) -> bool:
     return os.environ.get("TERM", "") != "dumb"
 
 
-def _chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain: bool = False) -> int:
+def _chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain: bool = False,
+          prefix_file: Optional[str] = None) -> int:
     try:
         devids = parse_devids(devid)
+        shared = read_prefix_file(prefix_file, system)
+        if shared is not None:
+            system = shared
         if _use_tui(plain):
             from .tui import run_tui
 
             # Errors opening the model are shown inside the UI (it never exits on them).
-            return run_tui(model, devids, libsophon, tokenizer, max_new_tokens, system)
+            return run_tui(model, devids, libsophon, tokenizer, max_new_tokens, system,
+                           shared_prefix=shared is not None)
         from .chat.plain import run_plain_chat
 
-        return run_plain_chat(model, devids, libsophon, tokenizer, max_new_tokens or 512, system)
+        return run_plain_chat(model, devids, libsophon, tokenizer, max_new_tokens or 512, system,
+                              shared_prefix=shared is not None)
     except TpuchatError as e:
         raise _fail(e)
 
@@ -121,10 +157,11 @@ def chat(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", min=1,
                                                  help="Longest answer (default: the settings file, else 512)."),
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    prefix_file: Optional[str] = PREFIX_OPT,
 ):
     """Multi-turn chat: the full-screen UI (streaming Markdown, live FTL and tokens/s, saved
     conversations, model and device pickers), or --plain for a line-based chat."""
-    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain))
+    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain, prefix_file))
 
 
 @app.command()
@@ -376,13 +413,17 @@ def serve(
     greedy_fallback: bool = typer.Option(False, "--greedy-fallback",
                                          help="On a top-1 bmodel, answer sampling requests greedily "
                                               "instead of refusing them."),
+    prefix_file: Optional[str] = typer.Option(
+        None, "--prefix-file", help="A shared document or long system prompt (UTF-8 text), computed once and "
+                                    "kept on the device: requests without a system message get it as theirs."),
 ):
     """OpenAI-compatible HTTP API: /v1/chat/completions (streaming or not), /v1/models, /health."""
     from .server import serve as run_server
 
     try:
+        shared = read_prefix_file(prefix_file, None)
         code = run_server(model, parse_devids(devid), libsophon, tokenizer, host, port, api_key, insecure,
-                          queue, name, greedy_fallback)
+                          queue, name, greedy_fallback, shared_prefix=shared)
     except TpuchatError as e:
         raise _fail(e)
     raise typer.Exit(code)

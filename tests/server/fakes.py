@@ -15,6 +15,8 @@ class FakeTok:
     eos_ids = {0}
 
     def encode_chat(self, messages, system=None):
+        if system is not None:
+            messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
         text = "".join("<%s>%s" % (m["role"], m["content"]) for m in messages) + "<assistant>"
         return [ord(c) for c in text]
 

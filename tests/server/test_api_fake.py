@@ -454,3 +454,19 @@ def test_non_streaming_client_that_gives_up_cancels(serve_fake):
     while not (s.model.calls and s.model.calls[0]["ended"]) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert s.model.calls[0]["stop_reason"] == "cancelled" and s.model.calls[0]["tokens"] < 5
+
+
+def test_shared_prefix_is_the_default_system_prompt(serve_fake):
+    """`serve --prefix-file`: requests without a system message get the shared
+    document as theirs (so their prompts start with the pinned rows); a
+    request's own system message wins."""
+    model = FakeModel(eos_after=1)
+    model.pinned = {"tokens": 12}
+    s = serve_fake(model)
+    s.srv.default_system = "DOC"
+    c = s.client()
+    c.chat.completions.create(model=MODEL, messages=MSG)
+    c.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "own"}] + MSG)
+    texts = ["".join(map(chr, call["ids"])) for call in model.calls]
+    assert texts == ["<system>DOC<user>Hi<assistant>", "<system>own<user>Hi<assistant>"]
+    assert s.raw("GET", "/health")[2]["shared_prefix_tokens"] == 12

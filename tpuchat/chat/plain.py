@@ -90,7 +90,10 @@ class PlainChat:
                     self.out.flush()
                     note = {"cancelled": " (stopped)", "context_full": " (context full: /clear to start over)",
                             "max_tokens": " (max tokens)"}.get(ev.reason, "")
-                    self.say(f"FTL {ev.stats['ftl_s']:.3f} s | TPS {ev.stats['tokens_per_s']:.2f} tokens/s{note}")
+                    st = ev.stats
+                    cached = (f" ({st['reused_tokens']} of {st['prompt_tokens']} prompt tokens cached)"
+                              if st.get("reused_tokens") else "")
+                    self.say(f"FTL {st['ftl_s']:.3f} s{cached} | TPS {st['tokens_per_s']:.2f} tokens/s{note}")
         except PromptTooLong as e:
             self.refill = text
             self.say(f"error: {e}")
@@ -137,9 +140,14 @@ class PlainChat:
 
 
 def run_plain_chat(model: str, devids: Sequence[int], lib_dir: Optional[str], tokenizer_dir: Optional[str],
-                   max_new_tokens: int, system: Optional[str]) -> int:
+                   max_new_tokens: int, system: Optional[str], shared_prefix: bool = False) -> int:
+    """shared_prefix: `system` is a long shared document; compute it once and keep it on the device."""
     chat_model = ChatModel(model, devids, lib_dir, tokenizer_dir)
     try:
+        if shared_prefix and system:
+            p = chat_model.pin_system_prefix(system)
+            print(f"(shared prefix: {p['tokens']} tokens kept on the device, computed in {p['seconds']:.2f} s)",
+                  file=sys.stderr, flush=True)
         return PlainChat(chat_model, max_new_tokens, system).loop()
     finally:
         chat_model.close()

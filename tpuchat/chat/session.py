@@ -78,6 +78,7 @@ class ChatModel:
         self.client = client or EngineClient()
         self.desc = self.client.open(model, list(devids), lib_dir)
         self.model_path = model
+        self.pinned: dict = {}  # the shared prefix kept on the device (pin_system_prefix)
 
     @property
     def name(self) -> str:
@@ -109,6 +110,25 @@ class ChatModel:
             text = dec.push(ev.id)
             if text:
                 yield Delta(text, [ev.id])
+
+    def system_prefix_ids(self, system: str) -> List[int]:
+        """The prompt ids every conversation with this system prompt starts
+        with, whatever the user writes: the common head of two renderings
+        that differ only in the user's text (template-agnostic)."""
+        a = self.tok.encode_chat([{"role": "user", "content": "a"}], system=system)
+        b = self.tok.encode_chat([{"role": "user", "content": "b"}], system=system)
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return a[:n]
+
+    def pin_system_prefix(self, system: Optional[str]) -> dict:
+        """Compute the shared system prompt's KV rows once and keep them on
+        the device for every conversation that starts with it (None drops
+        them).  Returns tokens, seconds, reused_tokens."""
+        ids = self.system_prefix_ids(system) if system else []
+        self.pinned = self.client.pin_prefix(ids)
+        return self.pinned
 
     def cancel(self) -> None:
         self.client.cancel()

@@ -168,6 +168,16 @@ class Model:
     def rewind(self, position: int) -> None:
         self._check(self._lib.tpc_rewind(self._m, position))
 
+    def pin_prefix(self, ids: Sequence[int]) -> None:
+        """Compute (or keep) the KV rows of `ids` and hold a device copy of
+        them for every later prompt that starts with them; [] drops it."""
+        buf = self._ffi.new("int[]", list(ids) or [0])
+        self._check(self._lib.tpc_pin_prefix(self._m, buf, len(ids)))
+
+    @property
+    def pinned_prefix(self) -> int:
+        return self._lib.tpc_pinned_prefix(self._m)
+
     def decode(self, token: int) -> int:
         self._check(self._lib.tpc_decode(self._m, token, self._next))
         return self._next[0]

@@ -57,6 +57,7 @@ class EngineClient:
         self._conn = None
         self.desc: Optional[dict] = None
         self._open_args: Optional[dict] = None
+        self._pinned: list = []  # shared prefix ids, pinned again after a restart
         self._gen = 0  # id of the latest generation
         # cancel() comes from other threads (UI, HTTP handlers) while one reads.
         self._send_lock = threading.Lock()
@@ -165,6 +166,7 @@ class EngineClient:
             self._drop()
             self._start()
         self._open_args = {"bmodel": str(bmodel), "devids": list(devids), "lib_dir": lib_dir}
+        self._pinned = []
         self._send("open", self._open_args)
         ev, payload = self._recv()
         if ev == "error":
@@ -186,8 +188,22 @@ class EngineClient:
     def ensure_open(self) -> None:
         """Restart the worker and reload the model after a crash."""
         if not self._alive() and self._open_args is not None:
-            a = self._open_args
+            a, pinned = self._open_args, self._pinned
             self.open(a["bmodel"], a["devids"], a["lib_dir"])
+            if pinned:
+                self.pin_prefix(pinned)
+
+    def pin_prefix(self, ids: Sequence[int]) -> dict:
+        """Keep the KV rows of a shared prefix on the device for every later
+        prompt that starts with it ([] drops it).  Returns tokens, seconds
+        and reused_tokens.  A restarted worker pins it again."""
+        self.ensure_open()
+        self._send("pin_prefix", {"ids": list(ids)})
+        ev, payload = self._recv()
+        if ev == "error":
+            self._raise_error(payload)
+        self._pinned = list(ids)
+        return payload
 
     def generate(
         self, ids: Sequence[int], max_new_tokens: int = 256, stop_ids: Sequence[int] = (),

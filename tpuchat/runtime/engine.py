@@ -120,6 +120,21 @@ class Engine:
             st.launches_per_token = launches / steps
             st.copies_per_token = copies / steps
 
+    def pin_prefix(self, prefix_ids: Sequence[int]) -> dict:
+        """Keep the KV rows of a shared prefix on the device (see
+        Model.pin_prefix); returns what it cost: tokens, seconds, rows that
+        were already cached."""
+        ids = list(prefix_ids)
+        if ids and len(ids) >= self.desc.kv_len:
+            raise PromptTooLong(
+                f"the shared prefix has {len(ids)} tokens but this bmodel holds at most {self.desc.kv_len} "
+                "(its KV length), with room left for questions and answers; shorten it"
+            )
+        t0 = time.perf_counter()
+        self.model.pin_prefix(ids)
+        return {"tokens": len(ids), "seconds": time.perf_counter() - t0,
+                "reused_tokens": self.model.last_reused() if ids else 0}
+
     def set_sampling(self, sampling: Optional[dict]) -> None:
         if not sampling or not sampling.get("sample"):
             self.model.set_sampling(sample=False)

@@ -6,7 +6,7 @@ a hung chip can abort() inside libbmrt.  The child's stdout/stderr go to a
 log file; the parent talks to it over a socket with small pickled messages.
 
 Requests (parent -> child):  ("open", {...}), ("generate", {...}),
-("cancel", {}), ("close", {}).
+("pin_prefix", {...}), ("cancel", {}), ("close", {}).
 Events (child -> parent): ("opened", desc_dict), ("token", id),
 ("done", stats_dict), ("error", (kind, message)).
 """
@@ -72,6 +72,10 @@ def _serve(conn) -> None:
                 if engine is None:
                     raise TpuchatError("no model is open")
                 conn.send(("picks", engine.forced_picks(args["ids"], args["continuation"])))
+            elif op == "pin_prefix":
+                if engine is None:
+                    raise TpuchatError("no model is open")
+                conn.send(("pinned", engine.pin_prefix(args["ids"])))
             elif op == "devices":
                 conn.send(("devices", _devices(args.get("lib_dir"))))
             elif op == "cancel":

@@ -111,6 +111,7 @@ class ApiServer(ThreadingHTTPServer):
         self.model_id = ""
         self.created = int(time.time())
         self.can_sample = False
+        self.default_system: Optional[str] = None  # --prefix-file: used when a request has no system message
         self._tok_lock = threading.Lock()
 
     def attach(self, model, model_id: Optional[str] = None) -> None:
@@ -128,8 +129,11 @@ class ApiServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/v1"
 
     def encode(self, messages) -> list:
+        system = None
+        if self.default_system and not any(m.get("role") == "system" for m in messages):
+            system = self.default_system
         with self._tok_lock:
-            return self.model.tok.encode_chat(messages)
+            return self.model.tok.encode_chat(messages, system=system)
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -221,6 +225,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if route == "/health":
                 st = self.server.scheduler.status() if self.server.scheduler else {}
+                if self.server.default_system:
+                    pinned = getattr(self.server.model, "pinned", None) or {}
+                    st = dict(st, shared_prefix_tokens=pinned.get("tokens", 0))
                 self._json(200, dict(status="ok" if self.server.scheduler else "loading", **st))
                 return
             self._check_auth()
@@ -434,9 +441,12 @@ def make_server(model, host: str = "127.0.0.1", port: int = 0, api_key: Optional
 def serve(model_path: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] = None,
           tokenizer_dir: Optional[str] = None, host: str = "127.0.0.1", port: int = 8000,
           api_key: Optional[str] = None, insecure: bool = False, max_waiting: int = 8,
-          model_id: Optional[str] = None, greedy_fallback: bool = False,
+          model_id: Optional[str] = None, greedy_fallback: bool = False, shared_prefix: Optional[str] = None,
           say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> int:
-    """`tpuchat serve`: check the bind policy, listen, open the model, serve until SIGINT/SIGTERM."""
+    """`tpuchat serve`: check the bind policy, listen, open the model, serve until SIGINT/SIGTERM.
+
+    shared_prefix: a system prompt (e.g. a long document) computed once and kept on the device;
+    requests without a system message get it, and every request starting with it reuses it."""
     from ..chat.session import ChatModel
 
     check_bind(host, api_key, insecure)
@@ -444,6 +454,11 @@ def serve(model_path: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] 
     model = None
     try:
         model = ChatModel(model_path, devids, lib_dir, tokenizer_dir)
+        if shared_prefix:
+            p = model.pin_system_prefix(shared_prefix)
+            srv.default_system = shared_prefix
+            say(f"tpuchat serve: shared prefix of {p['tokens']} tokens kept on the device "
+                f"(computed in {p['seconds']:.2f} s); requests without a system message get it")
         srv.attach(model, model_id)
         d = model.desc
         say(f"tpuchat serve: model {srv.model_id} (prefill {d['seq_len']}, KV {d['kv_len']}, "

@@ -21,12 +21,15 @@ def _tune_for_ssh() -> None:
 _tune_for_ssh()
 
 
-def run_tui(model=None, devids=(0,), lib_dir=None, tokenizer_dir=None, max_new_tokens=None, system=None) -> int:
-    """Open the chat UI; returns the exit code."""
+def run_tui(model=None, devids=(0,), lib_dir=None, tokenizer_dir=None, max_new_tokens=None, system=None,
+            shared_prefix: bool = False) -> int:
+    """Open the chat UI; returns the exit code.  shared_prefix: `system` is
+    a shared document whose KV rows are computed once per model."""
     from .app import TpuchatApp
     from .backend import Backend
 
-    app = TpuchatApp(backend=Backend(lib_dir, tokenizer_dir), model_path=model, devids=list(devids),
+    backend = Backend(lib_dir, tokenizer_dir, shared_prefix=system if shared_prefix else None)
+    app = TpuchatApp(backend=backend, model_path=model, devids=list(devids),
                      max_new_tokens=max_new_tokens, system=system)
     app.run()
     return app.return_code or 0

@@ -318,7 +318,10 @@ class TpuchatApp(App):
         for w in self.chat.query("#welcome"):
             w.remove()
         self._show_welcome()
-        self.notify(f"{model.name} ready on device {','.join(map(str, devids))}")
+        pinned = getattr(model, "pinned", None) or {}
+        extra = (f"; shared prefix of {pinned['tokens']} tokens kept on the device ({pinned['seconds']:.1f} s)"
+                 if pinned.get("tokens") else "")
+        self.notify(f"{model.name} ready on device {','.join(map(str, devids))}{extra}")
 
     def _model_failed(self, path: str, devids: List[int], msg: str, tail: str) -> None:
         self.load_error = msg

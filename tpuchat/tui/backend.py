@@ -9,15 +9,24 @@ from typing import Callable, Dict, List, Optional, Sequence
 class Backend:
     """Opens models, lists devices, describes bmodels (the real thing)."""
 
-    def __init__(self, lib_dir: Optional[str] = None, tokenizer_dir: Optional[str] = None):
+    def __init__(self, lib_dir: Optional[str] = None, tokenizer_dir: Optional[str] = None,
+                 shared_prefix: Optional[str] = None):
         self.lib_dir = lib_dir
         self.tokenizer_dir = tokenizer_dir
+        self.shared_prefix = shared_prefix  # system prompt kept on the device for every conversation
         self._desc_cache: Dict[str, dict] = {}
 
     def open_model(self, path: str, devids: Sequence[int]):
         from ..chat.session import ChatModel
 
-        return ChatModel(path, list(devids), self.lib_dir, self.tokenizer_dir)
+        model = ChatModel(path, list(devids), self.lib_dir, self.tokenizer_dir)
+        if self.shared_prefix:
+            try:
+                model.pin_system_prefix(self.shared_prefix)
+            except Exception:
+                model.close()
+                raise
+        return model
 
     def devices(self, model=None) -> dict:
         """{kind, path, count, devices: [{devid, mem_total_mb, mem_used_mb, tpu_util}]}"""
