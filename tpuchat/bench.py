@@ -1,6 +1,8 @@
 """`tpuchat bench`: FTL and tokens/s over several runs, device vs host time,
 FTL per turn of a conversation with and without KV reuse, and FTL for a
-short and a long prompt (dynamic builds compute only the real length)."""
+short and a long prompt (dynamic builds compute only the real length), and
+with --prefix-file the FTL of questions about a shared document with its KV
+rows pinned on the device and without."""
 
 import statistics
 from typing import List, Optional, Sequence
@@ -57,8 +59,32 @@ def _lengths(client, short_ids: List[int], seq_len: int) -> List[dict]:
     return rows
 
 
+def _shared_prefix(client, tok, doc: str, other_ids: List[int], limit: int) -> dict:
+    """FTL of questions about a shared document, each asked after another
+    conversation took the cache: with the document's rows pinned, and not."""
+    from .chat.session import ChatModel
+
+    fake = object.__new__(ChatModel)  # only its template logic is needed here
+    fake.tok = tok
+    pin = client.pin_prefix(fake.system_prefix_ids(doc))
+    rows = []
+    for pinned in (True, False):
+        if not pinned:
+            client.pin_prefix([])
+        for q in TURN_QUESTIONS[:2]:
+            ids = tok.encode_chat([{"role": "user", "content": q}], system=doc)
+            if len(ids) + 2 > limit:
+                break
+            _run(client, other_ids, 1, reuse=False)  # someone else's conversation
+            _, st = _run(client, ids, 1)
+            rows.append({"pinned": pinned, "prompt_tokens": len(ids), "reused_tokens": st["reused_tokens"],
+                         "ftl_s": st["ftl_s"]})
+    return {"prefix_tokens": pin["tokens"], "pin_s": pin["seconds"], "questions": rows}
+
+
 def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokenizer_dir: Optional[str],
-              prompt: str, runs: int, max_new_tokens: int, turns: int = 3, lengths: bool = True) -> dict:
+              prompt: str, runs: int, max_new_tokens: int, turns: int = 3, lengths: bool = True,
+              shared_doc: Optional[str] = None) -> dict:
     from .runtime.bmodel_file import check_bmodel_file
     from .text import find_tokenizer_dir, load_tokenizer
 
@@ -75,6 +101,7 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
             records.append(_run(client, ids, max_new_tokens, reuse=False)[1])
         turn_rows = _turns(client, tok, turns, min(max_new_tokens, 16), desc["kv_len"]) if turns else []
         length_rows = _lengths(client, ids, desc["seq_len"]) if lengths else []
+        shared = _shared_prefix(client, tok, shared_doc, ids, desc["kv_len"]) if shared_doc else None
     keys = ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token")
     return {
         "model": model.rsplit("/", 1)[-1],
@@ -90,4 +117,5 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
         "copies_per_token": records[-1]["copies_per_token"],
         "turns": turn_rows,
         "prompt_lengths": length_rows,
+        "shared_prefix": shared,
     }

@@ -338,6 +338,9 @@ def bench(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=2, help="Tokens per run."),
     turns: int = typer.Option(3, "--turns", min=0, help="Conversation turns timed with and without KV reuse."),
     lengths: bool = typer.Option(True, "--lengths/--no-lengths", help="Time a short and a long prompt."),
+    prefix_file: Optional[str] = typer.Option(None, "--prefix-file",
+                                              help="Also time questions about this shared document, with its "
+                                                   "KV rows pinned on the device and without."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """FTL and tokens/s over several runs (median, min, max), with the device/host split; FTL per turn
@@ -346,7 +349,7 @@ def bench(
 
     try:
         report = run_bench(model, parse_devids(devid), libsophon, tokenizer, prompt, runs, max_new_tokens,
-                           turns, lengths)
+                           turns, lengths, read_prefix_file(prefix_file, None))
     except TpuchatError as e:
         raise _fail(e)
     if as_json:

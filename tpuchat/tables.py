@@ -85,3 +85,13 @@ def print_reuse_tables(r: dict) -> None:
         for row in r["prompt_lengths"]:
             t.add_row(str(row["prompt_tokens"]), f"{row['ftl_s']:.3f}")
         c.print(t)
+    sp = r.get("shared_prefix")
+    if sp:
+        t = Table(title=f"shared prefix of {sp['prefix_tokens']} tokens (pinned in {sp['pin_s']:.3f} s): "
+                        "a question after another conversation")
+        for col in ("prefix pinned", "prompt tokens", "reused", "FTL (s)"):
+            t.add_column(col, justify="right")
+        for row in sp["questions"]:
+            t.add_row("yes" if row["pinned"] else "no", str(row["prompt_tokens"]), str(row["reused_tokens"]),
+                      f"{row['ftl_s']:.3f}")
+        c.print(t)
