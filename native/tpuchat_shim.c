@@ -328,6 +328,14 @@ static int describe_nets(tpc_model *m) {
   m->sample_head = d->has_sample_head ? find_net(m, "sample_head") : find_net(m, "penalty_sample_head");
   d->has_block_kv = find_net(m, "block_kv_0") != NULL;
 
+  /* LLM-TPU's older share-cache demos compiled extra nets for the
+   * unshared part; their KV layout is not documented by the nets alone and
+   * no compiler we can run makes one, so refuse them plainly. */
+  if (find_net(m, "block_unshare_0") || find_net(m, "embedding_unshare"))
+    return fail(m, TPC_E_MODEL,
+                "this bmodel uses the older share-cache layout (embedding_unshare / block_unshare_N), which "
+                "tpuchat does not run; compile it with llm_convert --use_history_kv and use --prefix-file");
+
   char name[64];
   int layers = 0;
   for (;; layers++) {
