@@ -93,3 +93,12 @@ def test_ssh_tuning(monkeypatch):
     import os
 
     assert os.environ["TEXTUAL_FPS"] == "15" and os.environ["TEXTUAL_ANIMATIONS"] == "none"
+
+
+def test_answer_footer_says_how_much_of_the_prompt_was_cached():
+    from tpuchat.tui.widgets import fmt_stats
+
+    st = {"ftl_s": 2.0, "tokens_per_s": 1.5, "new_tokens": 16, "prompt_tokens": 157, "reused_tokens": 138,
+          "stop_reason": "eos"}
+    assert "138/157 prompt tokens cached" in fmt_stats(st)
+    assert "cached" not in fmt_stats(dict(st, reused_tokens=0))

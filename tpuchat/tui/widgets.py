@@ -17,6 +17,8 @@ def fmt_stats(stats: dict, stopped: bool = False, error: Optional[str] = None, m
     parts = []
     if stats.get("ftl_s") is not None:
         parts.append(f"FTL {stats['ftl_s']:.2f} s")
+    if stats.get("reused_tokens") and not live:
+        parts.append(f"{stats['reused_tokens']}/{stats.get('prompt_tokens', '?')} prompt tokens cached")
     if stats.get("tokens_per_s") is not None:
         parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
     if stats.get("new_tokens") is not None:
