@@ -20,14 +20,14 @@ from .prompt import IMAGE_TOKEN, find_image_pos, image_token_id  # noqa: F401
 
 
 def preprocess(*args, **kwargs):
-    """See tpuchat.vision.preprocess.preprocess (imports numpy/transformers on first use)."""
-    from .preprocess import preprocess as _preprocess
+    """See tpuchat.vision.processing.preprocess (imports numpy/transformers on first use)."""
+    from .processing import preprocess as _preprocess
 
     return _preprocess(*args, **kwargs)
 
 
 def load_processor(*args, **kwargs):
-    """See tpuchat.vision.preprocess.load_processor."""
-    from .preprocess import load_processor as _load
+    """See tpuchat.vision.processing.load_processor."""
+    from .processing import load_processor as _load
 
     return _load(*args, **kwargs)

@@ -23,7 +23,8 @@ class HalfBlockPreview:
         rows = max(2, min(2 * max_height, round(h * scale)))
         rows += rows % 2
         small = image.convert("RGB").resize((cols, rows))
-        px = list(small.getdata())
+        raw = small.tobytes()
+        px = [tuple(raw[i:i + 3]) for i in range(0, len(raw), 3)]
         self.width = cols
         self.height = rows // 2
         self.rows: List[List[Tuple[RGB, RGB]]] = [
