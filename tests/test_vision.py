@@ -44,7 +44,8 @@ class ScriptedClient:
         for t in self.answer_ids[:max_new_tokens]:
             yield TokenEvent(t)
         yield DoneEvent({"prompt_tokens": len(ids), "new_tokens": len(self.answer_ids), "ftl_s": 0.1,
-                         "tokens_per_s": 10.0, "stop_reason": "eos"})
+                         "tokens_per_s": 10.0, "device_ms_per_token": 90.0, "host_us_per_token": 50.0,
+                         "stop_reason": "eos"})
 
     def cancel(self):
         pass
@@ -334,3 +335,124 @@ def test_history_images_with_a_text_only_model(tmp_path, vtok):
     assert any(isinstance(e, Notice) and "cannot see images" in e.text for e in events)
     assert client.calls[-1]["image"] is None
     assert IMAGE not in prompt_text(vtok, client.calls[-1]["ids"])
+
+
+# -- tpuchat run --image, chat --plain /image ---------------------------------------------------------
+
+
+def fake_bmodel(d):
+    """A file check_bmodel_file accepts (header only), with the test config dir beside it as config/."""
+    import struct
+
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / "tiny-mllama.bmodel"
+    p.write_bytes(struct.pack("<IIIQ", 0xFF55AAEE, 20, 0, 0))
+    return p
+
+
+class FakeEngineClient(ScriptedClient):
+    """EngineClient as `tpuchat run` uses it: open, generate, close."""
+
+    instances = []
+    desc = None
+
+    def __init__(self, *a, **kw):
+        super().__init__([])
+        FakeEngineClient.instances.append(self)
+
+    def open(self, model, devids=(0,), lib_dir=None):
+        from tpuchat.text import load_tokenizer
+
+        self.answer_ids = load_tokenizer(os.path.join(os.path.dirname(model), "config")).encode(" A red square.")
+        return dict(self.desc)
+
+
+@pytest.fixture
+def fake_run(tmp_path, vision_dir, monkeypatch):
+    from tpuchat.chat import oneshot
+
+    model = fake_bmodel(tmp_path / "m")
+    shutil.copytree(vision_dir, tmp_path / "m" / "config")
+    FakeEngineClient.instances = []
+    FakeEngineClient.desc = vision_desc()
+    monkeypatch.setattr(oneshot, "EngineClient", FakeEngineClient)
+    return model
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from tpuchat.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_run_with_image_streams_the_answer(fake_run, tmp_path, vtok):
+    from tpuchat.vision import image_token_id
+
+    pic = make_png(tmp_path / "q.png")
+    r = cli("run", "--model", str(fake_run), "--image", str(pic), "What is this?")
+    assert r.exit_code == 0, r.output
+    assert "A red square." in r.stdout and "FTL" in r.stderr and "TPS" in r.stderr
+    call = FakeEngineClient.instances[-1].calls[-1]
+    assert call["image"].digest == load_digest(pic) and call["ids"][call["image_pos"]] == image_token_id(vtok)
+    assert IMAGE + "What is this?" in prompt_text(vtok, call["ids"])
+
+    r = cli("run", "--model", str(fake_run), "--image", str(pic), "--json", "What is this?")
+    assert r.exit_code == 0, r.output
+    import json
+
+    out = json.loads(r.stdout)
+    assert out["image"]["sha256"] == load_digest(pic) and out["image"]["image_pos"] == call["image_pos"]
+
+
+def load_digest(p):
+    import hashlib
+
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("case", ["not_image", "text_only", "no_template"])
+def test_run_with_image_errors(fake_run, tmp_path, case):
+    pic = make_png(tmp_path / "q.png")
+    args = ["run", "--model", str(fake_run), "--image", str(pic), "What is this?"]
+    if case == "not_image":
+        pic.write_text("text")
+        expect = "is not an image"
+    elif case == "text_only":
+        FakeEngineClient.desc = dict(vision_desc(), has_vision=False)
+        expect = "text-only model"
+    else:
+        args.insert(1, "--no-template")
+        expect = "--image needs the chat template"
+    r = cli(*args)
+    assert r.exit_code == 10
+    assert expect in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert all(not c.calls for c in FakeEngineClient.instances)
+
+
+def test_plain_chat_image_command(tmp_path, vtok):
+    import io
+
+    from tpuchat.chat.plain import PlainChat
+
+    client = ScriptedClient(vtok.encode(" ok"))
+    model = ChatModel.from_parts(vtok, client, vision_desc())
+    err = io.StringIO()
+    chat = PlainChat(model, 8, None, out=io.StringIO(), err=err)
+    pic = make_png(tmp_path / "p.png")
+    chat.command(f"/image {tmp_path / 'nope.png'}")
+    assert "image not found" in err.getvalue() and chat.refill == f"/image {tmp_path / 'nope.png'}"
+    chat.refill = ""
+    chat.command(f"/image {pic}")
+    assert "image attached: p.png" in err.getvalue()
+    chat.command(f"/image {pic}")
+    assert "one image per message" in err.getvalue()
+    chat.answer("What is this?")
+    assert client.calls[-1]["image"].digest == load_digest(pic) and chat.pending_image is None
+    chat.answer("More?")
+    assert client.calls[-1]["image"].digest == load_digest(pic)
+    # a text-only model refuses /image
+    model.desc = dict(vision_desc(), has_vision=False)
+    chat.command(f"/image {pic}")
+    assert "text-only model" in err.getvalue().splitlines()[-1] and chat.pending_image is None

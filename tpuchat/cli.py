@@ -241,6 +241,8 @@ def run(
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop on end-of-turn tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
+    image: Optional[str] = typer.Option(None, "--image", "-i",
+                                        help="An image file to ask about (vision bmodels, e.g. Llama-3.2-Vision)."),
 ):
     """One answer to one prompt, streamed, with FTL and tokens/s."""
     from .chat.oneshot import one_shot
@@ -258,6 +260,7 @@ def run(
             system=system,
             ignore_eos=ignore_eos,
             on_text=None if as_json else _stream_out,
+            image=image,
         )
     except TpuchatError as e:
         raise _fail(e)
