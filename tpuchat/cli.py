@@ -379,13 +379,17 @@ def serve(
     greedy_fallback: bool = typer.Option(False, "--greedy-fallback",
                                          help="On a top-1 bmodel, answer sampling requests greedily "
                                               "instead of refusing them."),
+    image_dir: Optional[str] = typer.Option(None, "--image-dir",
+                                            help="Vision bmodels: also accept image_url parts naming local files "
+                                                 "(paths or file:// URLs) under this dir; data: URLs are always "
+                                                 "accepted, http(s) never."),
 ):
     """OpenAI-compatible HTTP API: /v1/chat/completions (streaming or not), /v1/models, /health."""
     from .server import serve as run_server
 
     try:
         code = run_server(model, parse_devids(devid), libsophon, tokenizer, host, port, api_key, insecure,
-                          queue, name, greedy_fallback)
+                          queue, name, greedy_fallback, image_dir=image_dir)
     except TpuchatError as e:
         raise _fail(e)
     raise typer.Exit(code)
