@@ -175,3 +175,24 @@ async def test_reopened_conversation_shows_chip_or_says_file_gone(app_factory, t
         await wait_for(pilot, lambda: not app.generating and len(boxes(app, "assistant")) == 3)
         assert model.images_seen[-1] == (load_image(kept).digest, 0)
         assert any("gone" in n for n in notes(app))
+
+
+@sync
+async def test_retry_and_edit_keep_the_image(app_factory, tmp_path):
+    pic = make_png(tmp_path / "r.png")
+    digest = load_image(pic).digest
+    model = FakeModel(answer="ok", vision=True)
+    app = app_factory(model=model)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await ready(pilot, app)
+        await send(pilot, f"/image {pic}")
+        await send(pilot, "What is this?")
+        await wait_for(pilot, lambda: not app.generating and boxes(app, "assistant"))
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: len(model.requests) == 2 and not app.generating)
+        assert model.images_seen[-1] == (digest, 0)
+        assert app.session.conv.messages[0].attachment.digest == digest
+        await pilot.press("ctrl+e")  # the message and its image come back for editing
+        await wait_for(pilot, lambda: app.prompt.text == "What is this?")
+        assert app.pending_image is not None and app.pending_image.digest == digest and chip(app).display
+        assert app.store.messages(app.conv_id) == []

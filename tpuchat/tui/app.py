@@ -277,7 +277,9 @@ class TpuchatApp(App):
         if self.model is not None:
             d = self.model.desc
             text = (f"[b]{escape(self.model.name)}[/b] is ready (S {d['seq_len']} / L {d['kv_len']}). "
-                    "Type a message and press Enter.\n[dim]F1 help · F2 model · F4 settings · Ctrl+B conversations[/dim]")
+                    "Type a message and press Enter."
+                    + (" It sees images: /image PATH or F5 attaches one." if d.get("has_vision") else "")
+                    + "\n[dim]F1 help · F2 model · F4 settings · Ctrl+B conversations[/dim]")
         elif self.load_error:
             return
         elif self.model_path:

@@ -134,6 +134,8 @@ def describe_lines(desc: dict, tokenizer: Optional[str]) -> str:
         + (" · can sample" if desc.get("lm_head") == "logits" or any("sample" in h for h in desc.get("heads", []))
            else " · greedy only"),
         f"size {human_size(desc.get('file_size', 0))} · toolchain {escape(str(desc.get('toolchain') or '?'))}",
+    ] + ([f"vision: images as {desc.get('vision_tiles', '?')} tiles of {desc.get('image_size', '?')} px"]
+         if desc.get("has_vision") else []) + [
         ("tokenizer: [green]" + escape(tokenizer) + "[/]") if tokenizer else "tokenizer: [red]not found[/] "
         "(put it in config/ beside the bmodel or pass --tokenizer)",
     ]
