@@ -278,6 +278,8 @@ def run(
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop on end-of-turn tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
+    image: Optional[str] = typer.Option(None, "--image", "-i",
+                                        help="An image file to ask about (vision bmodels, e.g. Llama-3.2-Vision)."),
 ):
     """One answer to one prompt, streamed, with FTL and tokens/s."""
     from .chat.oneshot import one_shot
@@ -295,6 +297,7 @@ def run(
             system=system,
             ignore_eos=ignore_eos,
             on_text=None if as_json else _stream_out,
+            image=image,
         )
     except TpuchatError as e:
         raise _fail(e)
@@ -419,6 +422,10 @@ def serve(
     prefix_file: Optional[str] = typer.Option(
         None, "--prefix-file", help="A shared document or long system prompt (UTF-8 text), computed once and "
                                     "kept on the device: requests without a system message get it as theirs."),
+    image_dir: Optional[str] = typer.Option(None, "--image-dir",
+                                            help="Vision bmodels: also accept image_url parts naming local files "
+                                                 "(paths or file:// URLs) under this dir; data: URLs are always "
+                                                 "accepted, http(s) never."),
 ):
     """OpenAI-compatible HTTP API: /v1/chat/completions (streaming or not), /v1/models, /health."""
     from .server import serve as run_server
@@ -426,7 +433,7 @@ def serve(
     try:
         shared = read_prefix_file(prefix_file, None)
         code = run_server(model, parse_devids(devid), libsophon, tokenizer, host, port, api_key, insecure,
-                          queue, name, greedy_fallback, shared_prefix=shared)
+                          queue, name, greedy_fallback, shared_prefix=shared, image_dir=image_dir)
     except TpuchatError as e:
         raise _fail(e)
     raise typer.Exit(code)

@@ -62,3 +62,12 @@ ERROR_TYPES = {
         TokenizerError,
     )
 }
+
+
+class ImageError(TpuchatError):
+    """An image that cannot be used: not an image, unreadable, too big, or a model without vision."""
+
+    exit_code = 10
+
+
+ERROR_TYPES["ImageError"] = ImageError

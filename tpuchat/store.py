@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS messages (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_conv ON messages(conv_id, id);
+CREATE TABLE IF NOT EXISTS attachments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL DEFAULT 'image',
+    path TEXT,
+    digest TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS attachments_msg ON attachments(message_id);
 """
 
 
@@ -72,6 +81,21 @@ class StoredConversation:
 
 
 @dataclass
+class StoredAttachment:
+    """An image attached to a message: the file it came from and its sha256 (the image itself is not
+    copied into the database)."""
+
+    path: Optional[str]
+    digest: str
+    name: str = ""
+    kind: str = "image"
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.path) and Path(self.path).is_file()
+
+
+@dataclass
 class StoredMessage:
     id: int
     conv_id: int
@@ -82,6 +106,7 @@ class StoredMessage:
     model: Optional[str] = None
     stats: Dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
+    attachments: List[StoredAttachment] = field(default_factory=list)
 
 
 _STAT_COLS = ("ftl_s", "tokens_per_s", "new_tokens", "prompt_tokens", "stop_reason")
@@ -228,7 +253,20 @@ class Store:
         self._exec("DELETE FROM messages WHERE id=?", (msg_id,))
 
     def messages(self, conv_id: int) -> List[StoredMessage]:
-        return [self._msg(r) for r in self._query("SELECT * FROM messages WHERE conv_id=? ORDER BY id", (conv_id,))]
+        out = [self._msg(r) for r in self._query("SELECT * FROM messages WHERE conv_id=? ORDER BY id", (conv_id,))]
+        rows = self._query("SELECT a.* FROM attachments a JOIN messages m ON a.message_id = m.id "
+                           "WHERE m.conv_id=? ORDER BY a.id", (conv_id,))
+        by_msg: Dict[int, List[StoredAttachment]] = {}
+        for r in rows:
+            by_msg.setdefault(r["message_id"], []).append(StoredAttachment(r["path"], r["digest"], r["name"], r["kind"]))
+        for m in out:
+            m.attachments = by_msg.get(m.id, [])
+        return out
+
+    # -- attachments ---------------------------------------------------------
+    def add_attachment(self, msg_id: int, path: Optional[str], digest: str, name: str = "", kind: str = "image") -> None:
+        self._exec("INSERT INTO attachments(message_id, kind, path, digest, name) VALUES (?,?,?,?,?)",
+                   (msg_id, kind, path, digest, name))
 
     def recent_prompts(self, limit: int = 200) -> List[str]:
         """The user's latest prompts over every conversation, oldest first."""
@@ -249,8 +287,10 @@ class Store:
             "created": conv.created,
             "updated": conv.updated,
             "messages": [
-                {"role": m.role, "content": m.content, "stopped": m.stopped, "error": m.error, "model": m.model,
-                 "stats": m.stats, "created": m.created}
+                dict({"role": m.role, "content": m.content, "stopped": m.stopped, "error": m.error, "model": m.model,
+                      "stats": m.stats, "created": m.created},
+                     **({"attachments": [{"kind": a.kind, "path": a.path, "name": a.name, "sha256": a.digest}
+                                         for a in m.attachments]} if m.attachments else {}))
                 for m in self.messages(conv_id)
             ],
         }
@@ -268,7 +308,9 @@ class Store:
             out += ["**System:** " + d["system"], ""]
         for m in d["messages"]:
             if m["role"] == "user":
-                out += ["## You", "", m["content"], ""]
+                out += ["## You", ""]
+                out += [f"*[image: {a['path'] or a['name']}]*" for a in m.get("attachments", [])]
+                out += [m["content"], ""]
             else:
                 out += ["## " + (m["model"] or "Assistant"), "", m["content"], ""]
                 s = m["stats"]

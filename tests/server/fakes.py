@@ -9,16 +9,25 @@ from typing import List, Optional
 from tpuchat.chat.session import Delta, Finished
 
 
+IMAGE_ID = 0x110000  # beyond every character: the image token
+
+
 class FakeTok:
-    """One token per character; the 'template' is <role>content per message, then <assistant>."""
+    """One token per character; the 'template' is <role>content per message, then <assistant>.
+    Content parts (images) render as their parts in order, an image as IMAGE_ID."""
 
     eos_ids = {0}
 
     def encode_chat(self, messages, system=None):
         if system is not None:
             messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
-        text = "".join("<%s>%s" % (m["role"], m["content"]) for m in messages) + "<assistant>"
-        return [ord(c) for c in text]
+        ids = []
+        for m in messages:
+            ids += [ord(c) for c in "<%s>" % m["role"]]
+            parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+            for p in parts:
+                ids += [IMAGE_ID] if p["type"] == "image" else [ord(c) for c in p["text"]]
+        return ids + [ord(c) for c in "<assistant>"]
 
     def decode(self, ids):
         return "".join(chr(i) for i in ids)
@@ -27,7 +36,7 @@ class FakeTok:
 class FakeModel:
     def __init__(self, pieces: Optional[List[str]] = None, token_s: float = 0.01, prefill_s: float = 0.0,
                  seq_len: int = 200, kv_len: int = 256, can_sample: bool = False, eos_after: Optional[int] = None,
-                 fail: Optional[BaseException] = None):
+                 fail: Optional[BaseException] = None, vision: bool = False):
         self.pieces = pieces or ["Hello", ",", " wor", "ld", "!", " How", " are", " you", "?"]
         self.token_s = token_s
         self.prefill_s = prefill_s
@@ -35,6 +44,9 @@ class FakeModel:
         self.fail = fail  # raise this (once) instead of answering
         self.desc = {"seq_len": seq_len, "kv_len": kv_len, "lm_head": "logits" if can_sample else "top1",
                      "heads": []}
+        if vision:
+            self.desc.update(has_vision=True, vision_tiles=4, image_size=112)
+        self.image_token_id = IMAGE_ID
         self.model_path = "/models/fake-model.bmodel"
         self.name = "fake-model.bmodel"
         self.tok = FakeTok()
@@ -43,10 +55,17 @@ class FakeModel:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
 
-    def stream_ids(self, ids, settings):
+    def image_inputs(self, att):
+        from tpuchat.runtime.image_inputs import ImageInputs
+
+        img = att.loaded
+        return ImageInputs(pixel_values=b"", tiles=4, size=112, aspect_ratio_id=1, aspect_ratio_mask=(1, 0, 0, 0),
+                           digest=img.digest)
+
+    def stream_ids(self, ids, settings, image=None, image_pos=None):
         self._cancel.clear()  # a cancel before this generation started does not apply to it
         rec = {"ids": list(ids), "settings": settings, "started": time.monotonic(), "ended": None,
-               "stop_reason": None, "tokens": 0}
+               "stop_reason": None, "tokens": 0, "image": image, "image_pos": image_pos}
         self.calls.append(rec)
         if self.fail is not None:
             err, self.fail = self.fail, None

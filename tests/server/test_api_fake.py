@@ -217,8 +217,11 @@ def _assert_error(resp, status, code=None, param=None):
     ({"model": MODEL, "messages": []}, "empty_array", "messages"),
     ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "invalid_value", "messages[0].role"),
     ({"model": MODEL, "messages": [{"role": "system", "content": "x"}]}, "invalid_value", "messages"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
      "unsupported_content", "messages[0].content"),
+    # an image for this text-only model (images on vision models: test_images.py)
+    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "vision_unsupported", "messages"),
     ({"model": MODEL, "messages": MSG, "n": 2}, "unsupported_parameter", "n"),
     ({"model": MODEL, "messages": MSG, "presence_penalty": 0.5}, "unsupported_parameter", "presence_penalty"),
     ({"model": MODEL, "messages": MSG, "frequency_penalty": 1}, "unsupported_parameter", "frequency_penalty"),

@@ -1,7 +1,8 @@
 """`tpuchat chat --plain`: a line-based chat for dumb terminals and scripts.
 
 Streams each answer and prints FTL and TPS after it.  Commands: /clear,
-/new, /system TEXT, /exit.  Ctrl+C stops the answer (what was produced is
+/new, /system TEXT, /image PATH (vision models: the image goes with the next
+message; /image off removes it), /exit.  Ctrl+C stops the answer (what was produced is
 kept); Ctrl+C again at the prompt, or Ctrl+D, exits.  A message that fails
 (too long, engine crash) is offered again on the next prompt line.
 """
@@ -10,11 +11,12 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from ..errors import EngineCrashed, PromptTooLong
-from .conversation import Conversation
+from ..errors import EngineCrashed, ImageError, PromptTooLong
+from .conversation import Attachment, Conversation
 from .session import ChatModel, ChatSession, Delta, Finished, GenSettings, Notice
 
-HELP = "commands: /clear (forget history) /new (same) /system TEXT (set system prompt) /exit"
+HELP = ("commands: /clear (forget history) /new (same) /system TEXT (set system prompt) "
+        "/image PATH (attach an image to the next message; /image off) /exit")
 
 
 class PlainChat:
@@ -24,6 +26,7 @@ class PlainChat:
         self.session = ChatSession(model, Conversation(system=system), GenSettings(max_new_tokens))
         self.out, self.err = out, err
         self.refill = ""  # text to offer again on the next prompt
+        self.pending_image: Optional[Attachment] = None  # goes with the next message
 
     @property
     def conv(self) -> Conversation:
@@ -59,6 +62,8 @@ class PlainChat:
         if cmd in ("/clear", "/new"):
             self.conv.clear()
             self.say("(history cleared)")
+        elif cmd == "/image":
+            self.image_command(arg.strip())
         elif cmd == "/system":
             self.conv.system = arg.strip() or None
             self.say(f"(system prompt {'set' if self.conv.system else 'cleared'})")
@@ -66,8 +71,34 @@ class PlainChat:
             self.say(HELP)
         return True
 
+    def image_command(self, arg: str) -> None:
+        from .session import attach_image, check_vision
+
+        if arg.lower() in ("off", "none", "remove", "clear"):
+            self.pending_image = None
+            self.say("(image removed)")
+            return
+        if not arg:
+            self.say("usage: /image PATH (the image goes with your next message), /image off")
+            return
+        if self.pending_image is not None:
+            self.say(f"error: the next message already has an image ({self.pending_image.name}) and the model takes "
+                     "one image per message: /image off removes it first")
+            return
+        try:
+            check_vision(self.model.desc, self.model.name)
+            self.pending_image = attach_image(arg.strip("'\""))
+        except ImageError as e:
+            self.refill = "/image " + arg
+            self.say(f"error: {e}")
+            return
+        img = self.pending_image.loaded
+        self.say(f"(image attached: {img.describe() if img is not None else self.pending_image.name}; "
+                 "it goes with your next message)")
+
     def answer(self, text: str) -> None:
         cancelled = []
+        image, self.pending_image = self.pending_image, None
 
         def on_sigint(signum, frame):
             # First Ctrl+C stops the answer (the worker finishes within a
@@ -79,7 +110,7 @@ class PlainChat:
 
         old_handler = signal.signal(signal.SIGINT, on_sigint)
         try:
-            for ev in self.session.send(text):
+            for ev in self.session.send(text, image=image):
                 if isinstance(ev, Delta):
                     self.out.write(ev.text)
                     self.out.flush()
@@ -94,8 +125,9 @@ class PlainChat:
                     cached = (f" ({st['reused_tokens']} of {st['prompt_tokens']} prompt tokens cached)"
                               if st.get("reused_tokens") else "")
                     self.say(f"FTL {st['ftl_s']:.3f} s{cached} | TPS {st['tokens_per_s']:.2f} tokens/s{note}")
-        except PromptTooLong as e:
+        except (PromptTooLong, ImageError) as e:
             self.refill = text
+            self.pending_image = image  # kept for the retry
             self.say(f"error: {e}")
         except EngineCrashed as e:
             self.out.write("\n")

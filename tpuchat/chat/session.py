@@ -8,11 +8,12 @@ answer keeps what was produced, marked stopped).
 """
 
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Union
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
-from ..errors import EngineCrashed
+from ..errors import EngineCrashed, ImageError
 from ..runtime.client import DoneEvent, EngineClient
-from .conversation import Conversation, Message
+from .conversation import Attachment, Conversation, FittedPrompt, Message
 
 
 @dataclass
@@ -93,13 +94,17 @@ class ChatModel:
         # KV length bounds them.
         return conv.fit(self.tok, self.desc["kv_len"], self.desc["kv_len"], self.answer_room(settings))
 
-    def stream_ids(self, ids: Sequence[int], settings: GenSettings) -> Iterator[Event]:
-        """Stream an answer to already-built prompt ids."""
+    def stream_ids(self, ids: Sequence[int], settings: GenSettings, image=None,
+                   image_pos: Optional[int] = None) -> Iterator[Event]:
+        """Stream an answer to already-built prompt ids (with `image`, an
+        ImageInputs whose token is at ids[image_pos])."""
         from ..text.stream import IncrementalDecoder
 
         dec = IncrementalDecoder(self.tok)
         generated: List[int] = []
-        for ev in self.client.generate(ids, settings.max_new_tokens, sorted(self.tok.eos_ids), settings.sampling()):
+        kw = {} if image is None else {"image": image, "image_pos": image_pos}
+        for ev in self.client.generate(ids, settings.max_new_tokens, sorted(self.tok.eos_ids), settings.sampling(),
+                                       **kw):
             if isinstance(ev, DoneEvent):
                 rest = dec.flush()
                 if rest:
@@ -136,6 +141,83 @@ class ChatModel:
     def close(self) -> None:
         self.client.close()
 
+    # -- images (vision bmodels) -------------------------------------------
+    @classmethod
+    def from_parts(cls, tok, client, desc: dict, model_path: str = "model.bmodel") -> "ChatModel":
+        """A ChatModel over an already open client (tests, embedding)."""
+        self = cls.__new__(cls)
+        self.tok, self.client, self.desc, self.model_path = tok, client, desc, model_path
+        return self
+
+    @property
+    def has_vision(self) -> bool:
+        return bool(self.desc.get("has_vision"))
+
+    def check_vision(self) -> None:
+        """ImageError unless this bmodel can take images."""
+        check_vision(self.desc, self.name)
+
+    @property
+    def image_token_id(self) -> Optional[int]:
+        if not hasattr(self, "_image_token_id"):
+            from ..vision.prompt import image_token_id
+
+            self._image_token_id = image_token_id(self.tok)
+        return self._image_token_id
+
+    def fit_prompt(self, conv: Conversation, settings: GenSettings) -> FittedPrompt:
+        return conv.fit_prompt(self.tok, self.desc["kv_len"], self.desc["kv_len"], self.answer_room(settings),
+                               images=self.has_vision)
+
+    def image_inputs(self, att: Attachment):
+        """The ImageInputs of an attached image (preprocessed once per image)."""
+        cache: Dict[str, object] = self.__dict__.setdefault("_image_cache", {})
+        if att.digest in cache:
+            return cache[att.digest]
+        from ..vision import load_processor, preprocess
+
+        img = reload_attachment(att)
+        inputs = preprocess(img, load_processor(self.tok.path), self.desc.get("vision_tiles"))
+        size = self.desc.get("image_size")
+        if size and inputs.size != size:
+            raise ImageError(f"the image processor makes {inputs.size} px tiles but the model takes {size} px: "
+                             "preprocessor_config.json does not belong to this bmodel")
+        cache.clear()  # the model holds one image: keep only the latest
+        cache[att.digest] = inputs
+        return inputs
+
+
+def check_vision(desc: dict, name: str) -> None:
+    if not desc.get("has_vision"):
+        raise ImageError(f"{name} is a text-only model (no vision net): it cannot take images; "
+                         "open a vision bmodel (Llama-3.2-Vision) to ask about images")
+
+
+def attach_image(path: Union[str, Path]) -> Attachment:
+    """Read and check an image file for a message (ImageError with one line)."""
+    from ..vision import load_image
+
+    return Attachment.from_loaded(load_image(path))
+
+
+def reload_attachment(att: Attachment):
+    """The decoded image of an attachment: in memory, or read again from its file
+    (ImageError if it is gone or no longer the same image)."""
+    if att.loaded is not None:
+        return att.loaded
+    if not att.path:
+        raise ImageError(f"the image {att.name or ''} is no longer available")
+    from ..vision import load_image
+
+    p = Path(att.path)
+    if not p.exists():
+        raise ImageError(f"the image file {p} is gone")
+    img = load_image(p)
+    if img.digest != att.digest:
+        raise ImageError(f"the image file {p} changed since it was attached")
+    att.loaded = img
+    return img
+
 
 class ChatSession:
     """A conversation held against a ChatModel."""
@@ -146,27 +228,61 @@ class ChatSession:
         self.conv = conversation or Conversation()
         self.settings = settings or GenSettings()
 
-    def send(self, text: str) -> Iterator[Event]:
-        """Add the user's message and stream the answer.
+    def send(self, text: str, image: Union[None, str, Path, Attachment] = None) -> Iterator[Event]:
+        """Add the user's message (with an image: a path or an Attachment) and
+        stream the answer.
 
-        PromptTooLong: the message is not added (the caller still has it).
+        PromptTooLong, ImageError: the message is not added (the caller still has it).
         EngineCrashed: the message stays, with the partial answer marked
         stopped; the next send restarts the engine."""
-        self.conv.add("user", text)
+        att = None
+        if image is not None:
+            check_vision(self.model.desc, self.model.name)
+            att = image if isinstance(image, Attachment) else attach_image(image)
+        self.conv.add("user", text, attachment=att)
         try:
-            ids, dropped = self.model.fit(self.conv, self.settings)
+            ids, dropped, image_args, notices = self._prepare()
         except Exception:
             self.conv.messages.pop()
             raise
+        for note in notices:
+            yield Notice(note)
         if dropped:
             yield Notice(f"left out the {dropped} oldest turn{'s' if dropped > 1 else ''} to fit the context")
-        yield from self._answer(ids)
+        yield from self._answer(ids, **image_args)
 
-    def _answer(self, ids) -> Iterator[Event]:
+    def _prepare(self):
+        """Prompt ids, old turns left out, the engine's image arguments, notices."""
+        if not self.conv.has_images():
+            ids, dropped = self.model.fit(self.conv, self.settings)
+            return ids, dropped, {}, []
+        notices: List[str] = []
+        if not self.model.desc.get("has_vision"):
+            notices.append("this model cannot see images: the images in this conversation are left out")
+        while True:
+            p = self.model.fit_prompt(self.conv, self.settings)
+            m = p.image_message
+            if m is None:
+                return p.ids, p.dropped, {}, notices
+            try:
+                inputs = self.model.image_inputs(m.attachment)
+            except ImageError as e:
+                if m is self.conv.messages[-1]:
+                    raise
+                # An older image that cannot be read any more: go on without it.
+                m.attachment.gone = True
+                notices.append(f"an earlier image is left out: {e}")
+                continue
+            from ..vision.prompt import find_image_pos
+
+            pos = find_image_pos(p.ids, self.model.image_token_id)
+            return p.ids, p.dropped, {"image": inputs, "image_pos": pos}, notices
+
+    def _answer(self, ids, **image_args) -> Iterator[Event]:
         reply: Message = self.conv.add("assistant", "", stopped=True)
         parts: List[str] = []
         try:
-            for ev in self.model.stream_ids(ids, self.settings):
+            for ev in self.model.stream_ids(ids, self.settings, **image_args):
                 if isinstance(ev, Delta):
                     parts.append(ev.text)
                     reply.content = "".join(parts)

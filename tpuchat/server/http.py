@@ -90,7 +90,10 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(self, address, api_key: Optional[str] = None, max_waiting: int = 8,
-                 greedy_fallback: bool = False, access_log: bool = True):
+                 greedy_fallback: bool = False, access_log: bool = True, image_dir: Optional[str] = None):
+        from .images import check_image_dir
+
+        real_image_dir = check_image_dir(image_dir)  # before binding: a bad dir leaves no socket behind
         host = address[0]
         try:
             fam = socket.getaddrinfo(host or None, address[1], type=socket.SOCK_STREAM,
@@ -113,6 +116,7 @@ class ApiServer(ThreadingHTTPServer):
         self.can_sample = False
         self.default_system: Optional[str] = None  # --prefix-file: used when a request has no system message
         self._tok_lock = threading.Lock()
+        self.image_dir = real_image_dir  # allow-list for local image paths (None: refuse them)
 
     def attach(self, model, model_id: Optional[str] = None) -> None:
         """Serve `model` (a ChatModel, or a test double with the same surface)."""
@@ -128,12 +132,46 @@ class ApiServer(ThreadingHTTPServer):
             host = f"[{host}]"
         return f"http://{host}:{port}/v1"
 
-    def encode(self, messages) -> list:
-        system = None
+    def _system(self, messages) -> Optional[str]:
+        """--prefix-file's document for requests that carry no system message."""
         if self.default_system and not any(m.get("role") == "system" for m in messages):
-            system = self.default_system
+            return self.default_system
+        return None
+
+    def encode(self, messages) -> list:
         with self._tok_lock:
-            return self.model.tok.encode_chat(messages, system=system)
+            return self.model.tok.encode_chat(messages, system=self._system(messages))
+
+    def encode_with_image(self, messages) -> tuple:
+        """Prompt ids and the engine's image arguments for messages of which some carry an
+        `image_url` (see protocol.py); P.ApiError for anything the model cannot take."""
+        from ..chat.conversation import Attachment, Message, template_messages
+        from ..vision.prompt import find_image_pos
+        from .images import load_image_url
+
+        model = self.model
+        if not model.desc.get("has_vision"):
+            raise P.bad(f"the model {self.model_id} is text-only: it cannot take images; send text only",
+                        "messages", "vision_unsupported")
+        last = max(i for i, m in enumerate(messages) if "image_url" in m)
+        msgs = []
+        for i, m in enumerate(messages):
+            att = None
+            if "image_url" in m:
+                if i == last:
+                    img = load_image_url(m["image_url"], self.image_dir, f"messages[{i}].content")
+                    att = Attachment.from_loaded(img)
+                else:  # an older image: the model holds one, this one becomes "[image]"
+                    att = Attachment(None, "", "image", gone=True)
+            msgs.append(Message(m["role"], m["content"], attachment=att))
+        with self._tok_lock:
+            ids = model.tok.encode_chat(template_messages(msgs)[0], system=self._system(messages))
+            try:
+                image = model.image_inputs(msgs[last].attachment)
+                pos = find_image_pos(ids, model.image_token_id)
+            except TpuchatError as e:
+                raise P.bad(str(e), f"messages[{last}].content", "invalid_image") from None
+        return ids, {"image": image, "image_pos": pos}
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -279,8 +317,14 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(body, dict):
             self._check_model(body.get("model"))
         req = P.parse_request(body, srv.can_sample, srv.greedy_fallback)
+        image_args = {}
         try:
-            ids = srv.encode(req.messages)
+            if any("image_url" in m for m in req.messages):
+                ids, image_args = srv.encode_with_image(req.messages)
+            else:
+                ids = srv.encode(req.messages)
+        except P.ApiError:
+            raise
         except TpuchatError as e:
             raise P.bad(str(e), "messages") from None
         except Exception as e:  # the chat template refused the messages (e.g. role order)
@@ -295,7 +339,7 @@ class Handler(BaseHTTPRequestHandler):
                 "messages", "context_length_exceeded")
         room = kv_len - len(ids)
         req.settings.max_new_tokens = min(req.settings.max_new_tokens or room, room)
-        job = Job(ids, req.settings)
+        job = Job(ids, req.settings, **image_args)
         try:
             srv.scheduler.submit(job)
         except QueueFull as e:
@@ -430,10 +474,10 @@ def engine_error(e: BaseException) -> P.ApiError:
 
 def make_server(model, host: str = "127.0.0.1", port: int = 0, api_key: Optional[str] = None,
                 max_waiting: int = 8, greedy_fallback: bool = False, model_id: Optional[str] = None,
-                access_log: bool = False) -> ApiServer:
+                access_log: bool = False, image_dir: Optional[str] = None) -> ApiServer:
     """A server bound and attached to an already open model (not yet serving): for tests and
     embedding.  Call serve_forever() (e.g. in a thread), then shutdown() and close()."""
-    srv = ApiServer((host, port), api_key, max_waiting, greedy_fallback, access_log)
+    srv = ApiServer((host, port), api_key, max_waiting, greedy_fallback, access_log, image_dir)
     srv.attach(model, model_id)
     return srv
 
@@ -442,7 +486,8 @@ def serve(model_path: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] 
           tokenizer_dir: Optional[str] = None, host: str = "127.0.0.1", port: int = 8000,
           api_key: Optional[str] = None, insecure: bool = False, max_waiting: int = 8,
           model_id: Optional[str] = None, greedy_fallback: bool = False, shared_prefix: Optional[str] = None,
-          say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> int:
+          say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+          image_dir: Optional[str] = None) -> int:
     """`tpuchat serve`: check the bind policy, listen, open the model, serve until SIGINT/SIGTERM.
 
     shared_prefix: a system prompt (e.g. a long document) computed once and kept on the device;
@@ -450,7 +495,7 @@ def serve(model_path: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] 
     from ..chat.session import ChatModel
 
     check_bind(host, api_key, insecure)
-    srv = ApiServer((host, port), api_key, max_waiting, greedy_fallback)
+    srv = ApiServer((host, port), api_key, max_waiting, greedy_fallback, image_dir=image_dir)
     model = None
     try:
         model = ChatModel(model_path, devids, lib_dir, tokenizer_dir)
@@ -463,7 +508,9 @@ def serve(model_path: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] 
         d = model.desc
         say(f"tpuchat serve: model {srv.model_id} (prefill {d['seq_len']}, KV {d['kv_len']}, "
             f"{'can sample' if srv.can_sample else 'greedy only'}); "
-            f"auth {'on' if srv.api_key else 'off'}; queue {max_waiting}")
+            f"auth {'on' if srv.api_key else 'off'}; queue {max_waiting}"
+            + (f"; images {'from data: URLs and ' + srv.image_dir if srv.image_dir else 'from data: URLs'}"
+               if d.get("has_vision") else ""))
         say(f"tpuchat serve: listening on {srv.url}")
 
         def _term(signum, frame):

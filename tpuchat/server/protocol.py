@@ -14,6 +14,11 @@ Decisions (also in the README):
 - Messages that do not fit the bmodel are refused (400 `context_length_exceeded`), never cut
   silently: an API client owns its history and must decide what to leave out.
 - max_tokens absent: the answer may use the whole rest of the KV cache.
+- Images (vision bmodels): `image_url` content parts in user messages, at most one per message.
+  The model holds one image, so only the latest image is used; older ones become "[image]" in
+  their message.  The image goes before the message's text (as Llama-3.2-Vision expects).
+  Accepted URLs: `data:` (base64); local paths and `file://` only under the server's
+  `--image-dir`; http(s) is refused (see images.py).
 """
 
 import time
@@ -84,14 +89,41 @@ def _content(m: dict, i: int) -> str:
     if isinstance(c, list):
         parts = []
         for p in c:
+            if isinstance(p, dict) and p.get("type") == "image_url":
+                continue  # see _image_url
             if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
                 kind = p.get("type") if isinstance(p, dict) else type(p).__name__
-                raise bad(f"messages[{i}].content: only text parts are supported, got {kind!r}",
+                raise bad(f"messages[{i}].content: only text and image_url parts are supported, got {kind!r}",
                           f"messages[{i}].content", "unsupported_content")
             parts.append(p["text"])
         return "".join(parts)
     raise bad(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content",
               "invalid_type")
+
+
+def _image_url(m: dict, i: int, role: str) -> Optional[str]:
+    """The URL of a message's image_url part, if it has one (400 for more than one)."""
+    c = m.get("content")
+    if not isinstance(c, list):
+        return None
+    urls = []
+    for p in c:
+        if isinstance(p, dict) and p.get("type") == "image_url":
+            iu = p.get("image_url")
+            url = iu.get("url") if isinstance(iu, dict) else iu
+            if not isinstance(url, str) or not url:
+                raise bad(f"messages[{i}]: an image_url part needs {{\"image_url\": {{\"url\": ...}}}}",
+                          f"messages[{i}].content", "invalid_type")
+            urls.append(url)
+    if not urls:
+        return None
+    if role != "user":
+        raise bad(f"messages[{i}]: images go in user messages, not {role} messages", f"messages[{i}].content",
+                  "invalid_value")
+    if len(urls) > 1:
+        raise bad(f"messages[{i}] has {len(urls)} images but the model takes one image per message",
+                  f"messages[{i}].content", "too_many_images")
+    return urls[0]
 
 
 def parse_messages(body: dict) -> List[Dict[str, str]]:
@@ -111,7 +143,11 @@ def parse_messages(body: dict) -> List[Dict[str, str]]:
         if role not in ROLES:
             raise bad(f"messages[{i}].role must be one of system, developer, user, assistant; got {role!r}",
                       f"messages[{i}].role", "invalid_value")
-        out.append({"role": ROLES[role], "content": _content(m, i)})
+        msg = {"role": ROLES[role], "content": _content(m, i)}
+        url = _image_url(m, i, ROLES[role])
+        if url is not None:
+            msg["image_url"] = url
+        out.append(msg)
     if all(m["role"] == "system" for m in out):
         raise bad("'messages' holds only system messages: add a user message", "messages", "invalid_value")
     return out

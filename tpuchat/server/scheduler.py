@@ -32,9 +32,11 @@ class QueueFull(Exception):
 
 
 class Job:
-    def __init__(self, ids: List[int], settings: GenSettings):
+    def __init__(self, ids: List[int], settings: GenSettings, image=None, image_pos: Optional[int] = None):
         self.ids = list(ids)
         self.settings = settings
+        # A vision bmodel's image (ImageInputs) and the index of its token in ids.
+        self.image_args = {} if image is None else {"image": image, "image_pos": image_pos}
         self.events = queue.Queue()  # Delta | Finished | Exception | END
         self.cancelled = threading.Event()
         self.cancel_reason = ""  # client (gone) | stop (a stop string matched) | shutdown
@@ -159,7 +161,7 @@ class Scheduler:
                 job.events.put(END)
 
     def _generate(self, job: Job) -> str:
-        it = iter(self.model.stream_ids(job.ids, job.settings))
+        it = iter(self.model.stream_ids(job.ids, job.settings, **job.image_args))
         try:
             # The first next() sends the generate request to the engine: under the lock, so a
             # cancel arriving meanwhile waits and then reaches this generation.

@@ -23,12 +23,13 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Static
 
 from .. import config as cfg
-from ..chat.conversation import Conversation, Message
+from ..chat.conversation import Attachment, Conversation, Message
 from ..chat.session import ChatSession, Delta, Finished, GenSettings, Notice
-from ..errors import EngineCrashed, PromptTooLong, TpuchatError
+from ..errors import EngineCrashed, ImageError, PromptTooLong, TpuchatError
 from ..store import Store
-from .screens import Confirm, DevicePicker, HelpScreen, ModelPicker, SettingsScreen, TextPrompt
-from .widgets import ChatView, ConversationList, MessageBox, PromptInput, StatusBar, fmt_stats
+from .screens import Confirm, DevicePicker, HelpScreen, ImagePicker, ModelPicker, SettingsScreen, TextPrompt
+from .widgets import (AttachmentChip, ChatView, ConversationList, ImageView, MessageBox, PromptInput, StatusBar,
+                      fmt_stats)
 
 DRAIN_HZ = 15.0
 
@@ -38,9 +39,9 @@ class _Session(ChatSession):
 
     last_prompt_tokens = 0
 
-    def _answer(self, ids):
+    def _answer(self, ids, **image_args):
         self.last_prompt_tokens = len(ids)
-        return super()._answer(ids)
+        return super()._answer(ids, **image_args)
 
 
 class TpuchatApp(App):
@@ -60,6 +61,7 @@ class TpuchatApp(App):
         Binding("ctrl+o", "pick_model", "Model", show=False),
         Binding("f3", "pick_devices", "Devices"),
         Binding("f4", "settings", "Settings"),
+        Binding("f5", "attach_image", "Image", show=False),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
@@ -99,6 +101,8 @@ class TpuchatApp(App):
         self.ctx_used = 0
         self.latencies: List[float] = []  # token arrival -> on screen, seconds (for the benchmark)
         self.generating = False
+        self.pending_image: Optional[Attachment] = None  # goes with the next message
+        self.image_dir: Optional[str] = None  # where the image picker opens
 
     # -- layout ----------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -106,6 +110,7 @@ class TpuchatApp(App):
             yield ConversationList(id="sidebar")
             with Vertical(id="main"):
                 yield ChatView(id="chat")
+                yield AttachmentChip("", id="attachment")
                 yield PromptInput(history=self.store.recent_prompts(), newline_key=self.defaults.newline_key,
                                   id="prompt")
         yield StatusBar(id="status")
@@ -124,6 +129,7 @@ class TpuchatApp(App):
         return self._q("#prompt", PromptInput)
 
     def on_mount(self) -> None:
+        self._q("#attachment", AttachmentChip).show_image(None)
         self.prompt.focus()
         if self.size.width < 100:
             self._q("#sidebar").display = False
@@ -201,14 +207,16 @@ class TpuchatApp(App):
         self.conv_id = conv_id
         self.conv_settings = dict(c.settings)
         self.session.conv = Conversation(system=c.system,
-                                         messages=[Message(m.role, m.content, m.stopped) for m in msgs])
+                                         messages=[Message(m.role, m.content, m.stopped, _stored_attachment(m))
+                                                   for m in msgs])
         self.last_stats = {}
         self.ctx_used = 0
         await self.chat.remove_children()
         boxes = []
-        for m in msgs:
+        for m, cm in zip(msgs, self.session.conv.messages):
             if m.role == "user":
-                boxes.append(MessageBox("user", m.content))
+                view = ImageView.of_attachment(cm.attachment) if cm.attachment is not None else None
+                boxes.append(MessageBox("user", m.content, image=view))
             else:
                 boxes.append(MessageBox("assistant", m.content, title=m.model or "Assistant",
                                         footer=fmt_stats(m.stats, m.stopped, m.error)))
@@ -269,7 +277,9 @@ class TpuchatApp(App):
         if self.model is not None:
             d = self.model.desc
             text = (f"[b]{escape(self.model.name)}[/b] is ready (S {d['seq_len']} / L {d['kv_len']}). "
-                    "Type a message and press Enter.\n[dim]F1 help · F2 model · F4 settings · Ctrl+B conversations[/dim]")
+                    "Type a message and press Enter."
+                    + (" It sees images: /image PATH or F5 attaches one." if d.get("has_vision") else "")
+                    + "\n[dim]F1 help · F2 model · F4 settings · Ctrl+B conversations[/dim]")
         elif self.load_error:
             return
         elif self.model_path:
@@ -423,7 +433,7 @@ class TpuchatApp(App):
     @on(PromptInput.Submitted)
     async def _submitted(self, event: PromptInput.Submitted) -> None:
         text = event.text
-        if not text.strip():
+        if not text.strip() and self.pending_image is None:
             return
         if text.startswith("/") and await self.command(text.strip()):
             return
@@ -436,17 +446,27 @@ class TpuchatApp(App):
                 self.notify("No model is open: press F2 to pick one. Your message stays in the input.",
                             severity="error", timeout=8)
             return
+        image = self.pending_image
+        if image is not None and not self.model.desc.get("has_vision"):
+            self.notify(f"{self.model.name} is a text-only model: it cannot take images. Your message and the "
+                        "image stay; /image off removes the image, F2 opens a vision model.",
+                        severity="error", timeout=8)
+            return
         self.prompt.remember(text)
         self.prompt.load_text("")
-        await self.start_answer(text)
+        self._set_pending(None)
+        await self.start_answer(text, image=image)
 
-    async def start_answer(self, text: str, retry: bool = False) -> None:
+    async def start_answer(self, text: str, retry: bool = False, image: Optional[Attachment] = None) -> None:
         self._drop_welcome()
         conv_id = self._ensure_conversation(text)
         user_row = None
         if not retry:
             user_row = self.store.add_message(conv_id, "user", text)  # saved before generation starts
-            await self.chat.mount(MessageBox("user", text))
+            if image is not None:
+                self.store.add_attachment(user_row, image.path, image.digest, image.name)
+            view = ImageView.of_attachment(image) if image is not None else None
+            await self.chat.mount(MessageBox("user", text, image=view))
         box = MessageBox("assistant", "", title=self.model.name, footer="[dim]prefill…[/dim]")
         await self.chat.mount(box)
         self.chat.scroll_end(animate=False)
@@ -461,13 +481,13 @@ class TpuchatApp(App):
         self.generating = True
         self.state = "prefill"
         self.session.settings = self.gen_settings()
-        self._generate(text, user_row)
+        self._generate(text, user_row, image)
 
     @work(thread=True, exclusive=True, group="generate")
-    def _generate(self, text: str, user_row: Optional[int]) -> None:
+    def _generate(self, text: str, user_row: Optional[int], image: Optional[Attachment] = None) -> None:
         final = None
         try:
-            for ev in self.session.send(text):
+            for ev in self.session.send(text, image=image):
                 if isinstance(ev, Delta):
                     now = time.perf_counter()
                     with self._lock:
@@ -479,8 +499,8 @@ class TpuchatApp(App):
                     self.call_from_thread(self.notify, ev.text, timeout=6)
                 elif isinstance(ev, Finished):
                     final = ev
-        except PromptTooLong as e:
-            self.call_from_thread(self._refused, text, user_row, str(e))
+        except (PromptTooLong, ImageError) as e:
+            self.call_from_thread(self._refused, text, user_row, str(e), image)
             return
         except EngineCrashed as e:
             self.call_from_thread(self._finish, None, str(e), getattr(e, "log_tail", ""))
@@ -555,7 +575,7 @@ class TpuchatApp(App):
                             "Your next message restarts the engine (Ctrl+R retries this one).[/dim]", tail)
         self.refresh_sidebar(self._q("#conv-search", Input).value.strip())
 
-    async def _refused(self, text: str, user_row: Optional[int], msg: str) -> None:
+    async def _refused(self, text: str, user_row: Optional[int], msg: str, image: Optional[Attachment] = None) -> None:
         """The message does not fit the model: take it back out and give it back to the user."""
         box = self._answer_box
         self._answer_box = None
@@ -573,7 +593,10 @@ class TpuchatApp(App):
             await users[-1].remove()
         if not self.prompt.text.strip():
             self.prompt._set(text)
-        self.show_error(f"Message not sent: {escape(msg)}\n[dim]It is back in the input for editing.[/dim]")
+        if image is not None and self.pending_image is None:
+            self._set_pending(image)
+        self.show_error(f"Message not sent: {escape(msg)}\n[dim]It is back in the input for editing"
+                        + (" (the image is still attached)" if image is not None else "") + ".[/dim]")
         self.prompt.focus()
 
     def action_stop(self) -> None:
@@ -591,6 +614,7 @@ class TpuchatApp(App):
             self.notify("Nothing to retry yet.")
             return
         text = msgs[-2].content
+        image = msgs[-2].attachment
         del msgs[-2:]
         boxes = list(self.chat.query(MessageBox))
         if boxes and boxes[-1].role == "error":
@@ -602,7 +626,7 @@ class TpuchatApp(App):
             stored = self.store.messages(self.conv_id)
             if stored and stored[-1].role == "assistant":
                 self.store.delete_message(stored[-1].id)
-        await self.start_answer(text, retry=True)
+        await self.start_answer(text, retry=True, image=image)
 
     async def action_edit_last(self) -> None:
         if self._busy():
@@ -612,6 +636,7 @@ class TpuchatApp(App):
         if idx is None:
             return
         text = msgs[idx].content
+        image = msgs[idx].attachment
         n_drop = len(msgs) - idx
         del msgs[idx:]
         boxes = [b for b in self.chat.query(MessageBox) if b.role != "error"]
@@ -621,6 +646,8 @@ class TpuchatApp(App):
             for m in self.store.messages(self.conv_id)[-n_drop:]:
                 self.store.delete_message(m.id)
         self.prompt._set(text)
+        if image is not None and not image.gone:
+            self._set_pending(image)
         self.prompt.focus()
 
     def last_answer(self) -> Optional[str]:
@@ -644,13 +671,26 @@ class TpuchatApp(App):
         cmd, _, arg = line.partition(" ")
         arg = arg.strip()
         known = {"/new", "/clear", "/model", "/devices", "/system", "/set", "/settings", "/export", "/help",
-                 "/retry", "/rename", "/copy", "/quit", "/exit"}
+                 "/retry", "/rename", "/copy", "/quit", "/exit", "/image"}
         if cmd not in known:
             if re.fullmatch(r"/[a-z]+", cmd):
                 self.notify(f"Unknown command {cmd}: /help lists them. Your text stays in the input.",
                             severity="warning")
                 return True
             return False
+        if cmd == "/image":
+            # On an error the command stays in the input for correcting.
+            if arg.lower() in ("off", "none", "remove", "clear"):
+                self.prompt.load_text("")
+                self._set_pending(None)
+                self.notify("Image removed from the next message")
+            elif arg:
+                if self.attach_image(arg):
+                    self.prompt.load_text("")
+            else:
+                self.prompt.load_text("")
+                self.action_attach_image()
+            return True
         self.prompt.load_text("")
         if cmd == "/new":
             await self.action_new_conversation()
@@ -760,6 +800,42 @@ class TpuchatApp(App):
             return
         self.notify("Exported to " + ", ".join(written), timeout=8)
 
+    # -- images ----------------------------------------------------------------------
+    def _set_pending(self, att: Optional[Attachment]) -> None:
+        self.pending_image = att
+        self._q("#attachment", AttachmentChip).show_image(
+            ImageView.of_attachment(att, with_preview=False) if att is not None else None)
+
+    def attach_image(self, path: str) -> bool:
+        """Attach an image file to the next message; False (and a one-line error) if it cannot be."""
+        from ..chat.session import attach_image
+
+        path = os.path.expanduser(path.strip().strip("'\""))
+        if self.model is not None and not self.model.desc.get("has_vision"):
+            self.notify(f"{self.model.name} is a text-only model: it cannot take images (F2 opens a vision "
+                        "model).", severity="error", timeout=8)
+            return False
+        if self.pending_image is not None:
+            self.notify(f"The next message already has an image ({self.pending_image.name}) and the model takes "
+                        "one image per message: /image off removes it first.", severity="error", timeout=8)
+            return False
+        try:
+            att = attach_image(path)
+        except ImageError as e:
+            self.notify(str(e), severity="error", timeout=8)
+            return False
+        self._set_pending(att)
+        self.image_dir = str(Path(att.path).parent) if att.path else self.image_dir
+        return True
+
+    def action_attach_image(self) -> None:
+        def done(path: Optional[str]) -> None:
+            if path:
+                self.attach_image(path)
+            self.prompt.focus()
+
+        self.push_screen(ImagePicker(self.image_dir or os.getcwd()), done)
+
     # -- status bar ---------------------------------------------------------------
     def _status_line(self) -> None:
         if not self.screen_stack or not self.is_running:
@@ -822,6 +898,8 @@ class TpuchatApp(App):
                             lambda: self.export(""))
         yield SystemCommand("Copy last answer", "OSC 52 clipboard (Ctrl+Y)", self.action_copy_last)
         yield SystemCommand("Toggle conversation list", "Ctrl+B", self.action_toggle_sidebar)
+        yield SystemCommand("Attach image", "Pick an image for the next message (F5, /image PATH)",
+                            self.action_attach_image)
         yield SystemCommand("Keys and commands", "The help screen (F1)", self.action_help)
 
     async def action_quit(self) -> None:
@@ -836,3 +914,11 @@ class TpuchatApp(App):
                 m.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _stored_attachment(m) -> Optional[Attachment]:
+    """The image of a stored message, as the conversation holds it (read again when needed)."""
+    for a in getattr(m, "attachments", None) or []:
+        if a.kind == "image":
+            return Attachment(a.path, a.digest, a.name or (Path(a.path).name if a.path else "image"))
+    return None

@@ -43,8 +43,9 @@ def split_tokens(text: str) -> List[str]:
 
 
 def fake_desc(name: str = "fake-qwen2-7b_w4bf16_seq512.bmodel", seq_len: int = 512, kv_len: int = 512,
-              num_device: int = 1, devids: Sequence[int] = (0,)) -> dict:
-    return {
+              num_device: int = 1, devids: Sequence[int] = (0,), vision: bool = False) -> dict:
+    extra = {"has_vision": True, "vision_tiles": 4, "image_size": 112} if vision else {}
+    return {**extra, 
         "path": "/models/" + name, "file_size": 4_300_000_000, "chip": "BM1684X", "toolchain": "1.30.2",
         "num_layers": 28, "seq_len": seq_len, "kv_len": kv_len, "hidden_size": 3584, "kv_heads": 4,
         "head_dim": 128, "dtype": "bf16", "quantization": "w4bf16", "addr_mode": 1, "dynamic": False,
@@ -64,8 +65,10 @@ class FakeModel:
 
     def __init__(self, answer: str = DEFAULT_ANSWER, rate: float = 50.0, name: Optional[str] = None,
                  desc: Optional[dict] = None, answers: Optional[List[str]] = None, crash_after: Optional[int] = None,
-                 max_prompt_chars: int = 2000, prefill_s: float = 0.05, devids: Sequence[int] = (0,)):
-        self.desc = desc or fake_desc(name or "fake-qwen2-7b_w4bf16_seq512.bmodel", devids=devids)
+                 max_prompt_chars: int = 2000, prefill_s: float = 0.05, devids: Sequence[int] = (0,),
+                 vision: bool = False):
+        self.desc = desc or fake_desc(name or ("fake-llama3.2-vision_bf16.bmodel" if vision
+                                               else "fake-qwen2-7b_w4bf16_seq512.bmodel"), devids=devids, vision=vision)
         self.model_path = self.desc["path"]
         self.answer = answer
         self.answers = list(answers or [])
@@ -75,6 +78,7 @@ class FakeModel:
         self.prefill_s = prefill_s
         self.requests: List[List[int]] = []
         self.settings_seen: List[GenSettings] = []
+        self.images_seen: List[tuple] = []  # per request: (image digest or None, image_pos or None)
         self._cancel = threading.Event()
         self.closed = False
 
@@ -91,9 +95,38 @@ class FakeModel:
         n = max(1, len(text) // 4) + 4 * len(conv.messages)
         return list(range(n)), 0
 
-    def stream_ids(self, ids: Sequence[int], settings: GenSettings) -> Iterator:
+    # -- images: the same surface as ChatModel; ids are made up, the image is checked and recorded
+    IMAGE_ID = 128256
+
+    @property
+    def image_token_id(self) -> int:
+        return self.IMAGE_ID
+
+    def fit_prompt(self, conv, settings: GenSettings):
+        from ..chat.conversation import FittedPrompt, template_messages
+
+        self.fit(conv, settings)  # the same refusals
+        msgs, img = template_messages(conv.messages, images=bool(self.desc.get("has_vision")))
+        ids: List[int] = []
+        for i, m in enumerate(msgs):
+            if i == img:
+                ids.append(self.IMAGE_ID)
+            text = m["content"] if isinstance(m["content"], str) else m["content"][-1]["text"]
+            ids.extend(range(1, 5 + len(text) // 4))
+        return FittedPrompt(ids, 0, conv.messages[img] if img is not None else None)
+
+    def image_inputs(self, att):
+        from ..chat.session import reload_attachment
+        from ..runtime.image_inputs import ImageInputs
+
+        reload_attachment(att)  # a gone or changed file fails as it would for real
+        return ImageInputs(pixel_values=b"", tiles=4, size=112, aspect_ratio_id=1, aspect_ratio_mask=(1, 0, 0, 0),
+                           digest=att.digest)
+
+    def stream_ids(self, ids: Sequence[int], settings: GenSettings, image=None, image_pos=None) -> Iterator:
         self._cancel.clear()
         self.requests.append(list(ids))
+        self.images_seen.append((image.digest if image is not None else None, image_pos))
         self.settings_seen.append(settings)
         text = self.answers.pop(0) if self.answers else self.answer
         pieces = split_tokens(text)[: settings.max_new_tokens]

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Input, Label, SelectionList, Static, Switch, TextArea
+from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, SelectionList, Static, Switch, TextArea
 
 from .. import config as cfg
 
@@ -29,6 +29,7 @@ KEYS = [
     ("F2 or Ctrl+O", "pick a model"),
     ("F3", "pick devices"),
     ("F4", "settings: system prompt, sampling, max tokens"),
+    ("F5", "attach an image (vision models)"),
     ("Ctrl+P", "command palette"),
     ("F1", "this help"),
     ("Ctrl+Q", "quit"),
@@ -46,6 +47,7 @@ COMMANDS = [
     ("/rename TITLE", "rename this conversation"),
     ("/export [md|json] [PATH]", "write this conversation to Markdown and/or JSON"),
     ("/copy", "copy the last answer"),
+    ("/image [PATH|off]", "attach an image to the next message (a picker without PATH; off removes it)"),
     ("/help", "this screen"),
     ("/quit", "leave"),
 ]
@@ -132,6 +134,8 @@ def describe_lines(desc: dict, tokenizer: Optional[str]) -> str:
         + (" · can sample" if desc.get("lm_head") == "logits" or any("sample" in h for h in desc.get("heads", []))
            else " · greedy only"),
         f"size {human_size(desc.get('file_size', 0))} · toolchain {escape(str(desc.get('toolchain') or '?'))}",
+    ] + ([f"vision: images as {desc.get('vision_tiles', '?')} tiles of {desc.get('image_size', '?')} px"]
+         if desc.get("has_vision") else []) + [
         ("tokenizer: [green]" + escape(tokenizer) + "[/]") if tokenizer else "tokenizer: [red]not found[/] "
         "(put it in config/ beside the bmodel or pass --tokenizer)",
     ]
@@ -374,6 +378,57 @@ class SettingsScreen(ModalScreen):
             self.dismiss(None)
         else:
             self.action_save(event.button.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ImageTree(DirectoryTree):
+    """A DirectoryTree that shows folders and image files only (hidden entries left out)."""
+
+    def filter_paths(self, paths):
+        from ..vision.image import is_image_name
+
+        out = []
+        for p in paths:
+            if p.name.startswith("."):
+                continue
+            try:
+                if p.is_dir() or is_image_name(p.name):
+                    out.append(p)
+            except OSError:
+                continue
+        return out
+
+
+class ImagePicker(ModalScreen):
+    """Pick an image file to attach to the next message.  Returns its path, or None."""
+
+    BINDINGS = [("escape", "cancel", "Cancel")]
+
+    def __init__(self, start_dir: str):
+        super().__init__()
+        self.start_dir = start_dir
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="image-box", classes="dialog"):
+            yield Label("Attach an image", classes="dialog-title")
+            yield ImageTree(self.start_dir, id="image-tree")
+            yield Input(placeholder="or type a path to an image and press Enter", id="image-path")
+            yield Label("Enter attaches · Esc cancels · folders and images only", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        self.query_one(ImageTree).focus()
+
+    @on(DirectoryTree.FileSelected)
+    def _picked(self, event: DirectoryTree.FileSelected) -> None:
+        event.stop()
+        self.dismiss(str(event.path))
+
+    @on(Input.Submitted, "#image-path")
+    def _typed(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self.dismiss(os.path.expanduser(event.value.strip()))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

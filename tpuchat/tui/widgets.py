@@ -40,16 +40,21 @@ def fmt_stats(stats: dict, stopped: bool = False, error: Optional[str] = None, m
 class MessageBox(Vertical):
     """One message.  Assistant answers render as Markdown and can grow while streaming."""
 
-    def __init__(self, role: str, text: str = "", footer: str = "", title: str = "", **kw):
+    def __init__(self, role: str, text: str = "", footer: str = "", title: str = "", image=None, **kw):
         super().__init__(classes=f"msg {role}", **kw)
         self.role = role
         self.text = text
+        self.image = image  # ImageView of an attached image (user messages)
         self._footer_text = footer
         self._title = title or ("You" if role == "user" else "Assistant")
         self._stream_parts: List[str] = []
 
     def compose(self) -> ComposeResult:
         yield Label(escape(self._title), classes="msg-title")
+        if self.image is not None:
+            yield Static(self.image.chip, classes="msg-chip")
+            if self.image.preview is not None:
+                yield Static(self.image.preview, classes="msg-preview")
         if self.role == "user":
             yield Static(escape(self.text), classes="msg-body", markup=True)
         elif self.role == "error":
@@ -242,3 +247,61 @@ class ConversationList(Vertical):
         event.stop()
         if isinstance(event.item, ConversationItem):
             self.post_message(self.Selected(event.item.conv_id))
+
+
+class ImageView:
+    """What the UI shows of an image: a one-line chip and, when the file can be
+    read, a small half-block preview (a rich renderable)."""
+
+    PREVIEW_W, PREVIEW_H = 24, 6
+
+    def __init__(self, name: str, facts: str = "", preview=None, problem: Optional[str] = None):
+        self.name = name
+        self.preview = preview
+        self.problem = problem
+        chip = f"▣ {escape(name)}"
+        if facts:
+            chip += f" [dim]· {escape(facts)}[/dim]"
+        if problem:
+            chip += f" [b red]· {escape(problem)}[/]"
+        self.chip = chip
+
+    @classmethod
+    def of_loaded(cls, img, with_preview: bool = True) -> "ImageView":
+        from ..vision.image import human_bytes
+
+        preview = None
+        if with_preview and img.image is not None:
+            from ..vision.preview import HalfBlockPreview
+
+            preview = HalfBlockPreview(img.image, cls.PREVIEW_W, cls.PREVIEW_H)
+        return cls(img.name, f"{img.width}×{img.height} {img.format} {human_bytes(img.size_bytes)}", preview)
+
+    @classmethod
+    def of_attachment(cls, att, with_preview: bool = True) -> "ImageView":
+        """From a message's attachment; reads the file again if needed (a gone or
+        changed file is said on the chip, never an error)."""
+        from ..chat.session import reload_attachment
+        from ..errors import TpuchatError
+
+        try:
+            img = reload_attachment(att)
+        except TpuchatError as e:
+            problem = "file gone" if att.path and not _exists(att.path) else str(e)
+            return cls(att.name or "image", att.path or "", None, problem)
+        return cls.of_loaded(img, with_preview)
+
+
+def _exists(path: str) -> bool:
+    import os
+
+    return os.path.exists(path)
+
+
+class AttachmentChip(Static):
+    """The image waiting to go with the next message (hidden when there is none)."""
+
+    def show_image(self, view: Optional[ImageView]) -> None:
+        self.display = view is not None
+        if view is not None:
+            self.update(view.chip + "  [dim]attached to your next message · /image off removes it[/dim]")
