@@ -55,6 +55,9 @@ async def test_send_streams_answer_with_stats(app_factory):
     app = app_factory(model=model)
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot, app)
+        await pilot.pause(0.1)
+        welcome = app.query("#welcome")  # the empty chat says the model is ready
+        assert len(welcome) == 1 and "is ready" in str(welcome.first().render())
         await pilot.press(*"hi there")
         await pilot.press("enter")
         assert app.prompt.text == ""

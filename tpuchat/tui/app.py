@@ -272,7 +272,9 @@ class TpuchatApp(App):
         self.push_screen(Confirm(f"Delete “{c.title if c else conv_id}”?"), done)
 
     def _show_welcome(self) -> None:
-        if self.chat.children:
+        """The hint shown while the chat is empty (updated in place: a removed
+        widget stays a child until the next refresh)."""
+        if any(w.id != "welcome" for w in self.chat.children):
             return
         if self.model is not None:
             d = self.model.desc
@@ -286,7 +288,11 @@ class TpuchatApp(App):
             text = f"Opening [b]{escape(Path(self.model_path).name)}[/b]…"
         else:
             text = "No model open. Press [b]F2[/b] to pick a .bmodel (or start with [b]tpuchat --model FILE[/b])."
-        self.chat.mount(Static(text, id="welcome"))
+        existing = list(self.chat.query("#welcome"))
+        if existing:
+            existing[0].update(text)
+        else:
+            self.chat.mount(Static(text, id="welcome"))
 
     def _drop_welcome(self) -> None:
         for w in self.chat.query("#welcome"):
@@ -325,8 +331,6 @@ class TpuchatApp(App):
         self.load_error = None
         if self.conv_id is not None:
             self.store.update_conversation(self.conv_id, model=model.name)
-        for w in self.chat.query("#welcome"):
-            w.remove()
         self._show_welcome()
         pinned = getattr(model, "pinned", None) or {}
         extra = (f"; shared prefix of {pinned['tokens']} tokens kept on the device ({pinned['seconds']:.1f} s)"
