@@ -1986,6 +1986,7 @@ static int md_prepare(tpc_model *m) {
     m->p_block[i] = md_plan(m, m->block[i]);
     m->p_cache[i] = md_plan(m, m->block_cache[i]);
   }
+  d->prefill_has_mask = m->p_block[0]->role_input[TPC_ROLE_MASK][0] >= 0;
   /* Not driven across devices here: block_kv nets and on-device heads. */
   d->has_block_kv = 0;
   m->greedy_head = NULL;
