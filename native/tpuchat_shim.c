@@ -276,7 +276,24 @@ struct tpc_model {
   bmapi_mem_t prefix_mem;
   int prefix_len;
   int32_t *prefix_tokens;
+
+  /* 9. multi-device (num_device > 1): per-net layout plans, KV shares */
+  int md;
+  tpc_net_plan *plans;          /* [num_nets], in net_names order */
+  const tpc_net_plan *p_emb, *p_embc, *p_lm;
+  const tpc_net_plan **p_block, **p_cache; /* [num_layers] */
+  bmapi_mem_t *md_kv_k, *md_kv_v;          /* [layer * num_device + device] */
+  int md_own_kv;
+  unsigned char *md_host;       /* host bounce buffer for cross-device copies */
+  size_t md_host_bytes;
 };
+
+static int md_prepare(tpc_model *m);
+static int md_prefill(tpc_model *m, const int *ids, int n, int need_head, int *next_token);
+static int md_decode(tpc_model *m, int token, int need_head, int *next_token);
+static int md_reset(tpc_model *m);
+static void md_free(tpc_model *m);
+static int file_device_num(const char *path, int *out, char *err, int errlen);
 
 const char *tpc_error(const tpc_model *m) { return m ? m->err : "no model"; }
 
@@ -817,6 +834,7 @@ static int prefill_impl(tpc_model *m, const int *ids, int n, int need_head, int 
   if (n > d->seq_len)
     return fail(m, TPC_E_ARG, "prompt of %d tokens is longer than this bmodel's prefill length %d",
                 n, d->seq_len);
+  if (m->md) return md_prefill(m, ids, n, need_head, next_token);
   net_t b0 = m->block[0];
   int stage = d->is_dynamic ? 0 : pick_stage(b0, n);
   if (stage < 0) return fail(m, TPC_E_ARG, "no prefill stage holds %d tokens", n);
@@ -1090,6 +1108,7 @@ static int decode_impl(tpc_model *m, int token, int need_head, int *next_token) 
   if (p <= 0) return fail(m, TPC_E_ARG, "decode before prefill");
   if (p >= d->kv_len)
     return fail(m, TPC_E_FULL, "the context is full: all %d KV positions are used", d->kv_len);
+  if (m->md) return md_decode(m, token, need_head, next_token);
 
   net_t ec = m->embedding_cache;
   bmapi_tensor_t ein[2], eout[2];
@@ -1162,11 +1181,12 @@ int tpc_reset(tpc_model *m) {
   int rc = TPC_OK;
   /* Masked positions still enter the arithmetic: leftover bits that read as
    * NaN/Inf would poison every answer, so the cache starts zeroed. */
-  for (int i = 0; i < m->d.num_layers && !rc; i++) {
+  if (m->md) rc = md_reset(m);
+  for (int i = 0; i < m->d.num_layers && !rc && !m->md; i++) {
     rc = zero(m, m->kv_k[i], "the K cache");
     if (!rc) rc = zero(m, m->kv_v[i], "the V cache");
   }
-  if (!rc) rc = sync_device(m);
+  if (!rc && !m->md) rc = sync_device(m);
   m->position = 0;
   m->mask_zeros = -1;
   m->token_on_device = 0;
@@ -1229,6 +1249,7 @@ int tpc_pin_prefix(tpc_model *m, const int *ids, int n) {
   if (!m || n < 0 || (n > 0 && !ids)) return TPC_E_ARG;
   drop_prefix(m);
   if (n == 0) return TPC_OK;
+  if (m->md) return fail(m, TPC_E_ARG, "a shared prefix is not supported on multi-device bmodels yet");
   if (n >= m->d.kv_len)
     return fail(m, TPC_E_ARG, "a shared prefix of %d tokens leaves no room in this bmodel's KV length %d", n,
                 m->d.kv_len);
@@ -1336,6 +1357,16 @@ int tpc_open(const char *bmodel_path, const int *devids, int num_devids, tpc_mod
         return TPC_E_ARG;
       }
   }
+  int file_devices = 1;
+  int frc = file_device_num(bmodel_path, &file_devices, err, errlen);
+  if (frc) return frc;
+  if (file_devices != num_devids) {
+    set_err(err, errlen,
+            "this bmodel was compiled for %d device%s but %d device id%s given (--devid takes one id per "
+            "device, e.g. --devid %s)", file_devices, file_devices == 1 ? "" : "s", num_devids,
+            num_devids == 1 ? " was" : "s were", file_devices == 1 ? "0" : file_devices == 2 ? "0,1" : "0,1,...");
+    return TPC_E_DEVICE;
+  }
   if (num_devids > 1 && !RT.create_ex) {
     set_err(err, errlen, "this libsophon is older than 0.5.1 and cannot drive several devices");
     return TPC_E_LIB;
@@ -1381,10 +1412,10 @@ int tpc_open(const char *bmodel_path, const int *devids, int num_devids, tpc_mod
     goto out;
   }
   if (m->d.num_device > 1) {
-    rc = fail(m, TPC_E_MODEL, "multi-device bmodels are recognised but cannot run yet");
+    if ((rc = md_prepare(m))) goto out;
+  } else if ((rc = alloc_state(m))) {
     goto out;
   }
-  if ((rc = alloc_state(m))) goto out;
   rc = tpc_reset(m);
 out:
   if (rc) {
@@ -1398,6 +1429,7 @@ out:
 
 void tpc_close(tpc_model *m) {
   if (!m) return;
+  md_free(m);
   if (m->own_kv && m->kv_k && m->kv_v) {
     for (int i = 0; i < m->d.num_layers; i++) {
       if (m->kv_k[i].size) RT.free_device(H(m), m->kv_k[i]);
@@ -1466,4 +1498,665 @@ int tpc_device_stat_at(const tpc_model *m, int index, tpc_device_stat *out) {
   if (!m || !out || index < 0 || index >= m->num_handles) return TPC_E_ARG;
   fill_stat(m->handles[index], m->devids[index], out);
   return TPC_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* 8. multi-device layout plan (pure: a description in, a plan out)     */
+/* ------------------------------------------------------------------ */
+
+static int net_kind(const char *name) {
+  if (!strcmp(name, "embedding") || !strcmp(name, "embedding_cache")) return TPC_NET_EMBEDDING;
+  if (!strcmp(name, "lm_head")) return TPC_NET_LM_HEAD;
+  if (!strncmp(name, "block_cache_", 12)) return TPC_NET_BLOCK_CACHE;
+  if (!strncmp(name, "block_kv_", 9)) return TPC_NET_BLOCK_KV;
+  if (!strncmp(name, "block_", 6)) return TPC_NET_BLOCK;
+  return TPC_NET_OTHER;
+}
+
+static const char *role_name(int r) {
+  static const char *const names[TPC_NUM_ROLES] = {"passthrough", "input_ids", "hidden states", "position_ids",
+                                                   "attention_mask", "history_k", "history_v", "K rows",
+                                                   "V rows"};
+  return r >= 0 && r < TPC_NUM_ROLES ? names[r] : "?";
+}
+
+/* The role an input's name announces (the converter's names), or -1. */
+static int input_role_by_name(const char *n) {
+  if (!n) return -1;
+  if (!strcmp(n, "input_ids")) return TPC_ROLE_IDS;
+  if (!strcmp(n, "input_states") || !strcmp(n, "hidden_states")) return TPC_ROLE_HIDDEN;
+  if (!strcmp(n, "position_ids")) return TPC_ROLE_POS;
+  if (!strcmp(n, "attention_mask")) return TPC_ROLE_MASK;
+  if (!strncmp(n, "history_k", 9)) return TPC_ROLE_HIST_K;
+  if (!strncmp(n, "history_v", 9)) return TPC_ROLE_HIST_V;
+  return -1;
+}
+
+/* Inputs in the order a net of this kind takes them (older converters'
+ * names differ; then position within the device's inputs decides). */
+static int kind_input_roles(int kind, int has_mask, int *roles) {
+  int n = 0;
+  switch (kind) {
+    case TPC_NET_EMBEDDING: roles[n++] = TPC_ROLE_IDS; break;
+    case TPC_NET_LM_HEAD: roles[n++] = TPC_ROLE_HIDDEN; break;
+    case TPC_NET_BLOCK:
+      roles[n++] = TPC_ROLE_HIDDEN; roles[n++] = TPC_ROLE_POS;
+      if (has_mask) roles[n++] = TPC_ROLE_MASK;
+      break;
+    case TPC_NET_BLOCK_CACHE:
+      roles[n++] = TPC_ROLE_HIDDEN; roles[n++] = TPC_ROLE_POS; roles[n++] = TPC_ROLE_MASK;
+      roles[n++] = TPC_ROLE_HIST_K; roles[n++] = TPC_ROLE_HIST_V;
+      break;
+    case TPC_NET_BLOCK_KV:
+      roles[n++] = TPC_ROLE_HIDDEN; roles[n++] = TPC_ROLE_POS;
+      roles[n++] = TPC_ROLE_HIST_K; roles[n++] = TPC_ROLE_HIST_V;
+      break;
+    default: break;
+  }
+  return n;
+}
+
+static int same_shape(const tpc_tensor_info *a, const tpc_tensor_info *b) {
+  if (a->dtype != b->dtype || a->num_dims != b->num_dims) return 0;
+  for (int i = 0; i < a->num_dims && i < 8; i++)
+    if (a->dims[i] != b->dims[i]) return 0;
+  return 1;
+}
+
+#define PLAN_FAIL(...) do { set_err(err, errlen, __VA_ARGS__); return TPC_E_MODEL; } while (0)
+
+int tpc_plan_net(const tpc_net_desc *net, int num_device, tpc_net_plan *p, char *err, int errlen) {
+  if (!net || !p || !net->name || num_device < 1 || num_device > TPC_MAX_DEV || net->num_inputs < 0 ||
+      net->num_outputs < 0 || (net->num_inputs && !net->inputs) || (net->num_outputs && !net->outputs)) {
+    set_err(err, errlen, "bad arguments to the layout planner");
+    return TPC_E_ARG;
+  }
+  if (net->num_inputs > TPC_MAX_IO || net->num_outputs > TPC_MAX_IO)
+    PLAN_FAIL("net %s has %d inputs and %d outputs; at most %d are supported", net->name, net->num_inputs,
+              net->num_outputs, TPC_MAX_IO);
+  memset(p, 0, sizeof *p);
+  memset(p->role_input, -1, sizeof p->role_input);
+  memset(p->role_output, -1, sizeof p->role_output);
+  p->kind = net_kind(net->name);
+  p->num_device = num_device;
+  p->num_inputs = net->num_inputs;
+  p->num_outputs = net->num_outputs;
+  const tpc_tensor_info *in = net->inputs, *out = net->outputs;
+
+  for (int i = 0; i < net->num_inputs; i++) {
+    p->in_tie[i] = -1;
+    p->in_device[i] = in[i].device;
+    if (in[i].device < 0 || in[i].device >= num_device)
+      PLAN_FAIL("net %s: input %d (%s) lives on device %d, but the bmodel is for %d device%s", net->name, i,
+                in[i].name ? in[i].name : "?", in[i].device, num_device, num_device == 1 ? "" : "s");
+  }
+  for (int i = 0; i < net->num_outputs; i++) {
+    p->out_device[i] = out[i].device;
+    if (out[i].device < 0 || out[i].device >= num_device)
+      PLAN_FAIL("net %s: output %d (%s) lives on device %d, but the bmodel is for %d device%s", net->name, i,
+                out[i].name ? out[i].name : "?", out[i].device, num_device, num_device == 1 ? "" : "s");
+  }
+
+  /* Inputs, device by device: by name, else by position. */
+  int has_mask = 0;
+  for (int i = 0; i < net->num_inputs; i++)
+    if (input_role_by_name(in[i].name) == TPC_ROLE_MASK) has_mask = 1;
+  for (int d = 0; d < num_device; d++) {
+    int named = 0, count = 0;
+    for (int i = 0; i < net->num_inputs; i++) {
+      if (in[i].device != d) continue;
+      count++;
+      int r = input_role_by_name(in[i].name);
+      if (r < 0 || p->role_input[r][d] >= 0) continue;
+      p->in_role[i] = r;
+      p->role_input[r][d] = i;
+      named++;
+    }
+    if (named == 0 && count > 0) {
+      int roles[8], nr = kind_input_roles(p->kind, 1, roles), k = 0;
+      if (p->kind == TPC_NET_BLOCK && count < 3) nr = kind_input_roles(p->kind, 0, roles);
+      for (int i = 0; i < net->num_inputs && k < nr; i++) {
+        if (in[i].device != d) continue;
+        p->in_role[i] = roles[k];
+        p->role_input[roles[k]][d] = i;
+        k++;
+      }
+    }
+  }
+  int need[8], nneed = kind_input_roles(p->kind, has_mask, need);
+  for (int d = 0; d < num_device; d++)
+    for (int k = 0; k < nneed; k++)
+      if (p->role_input[need[k]][d] < 0)
+        PLAN_FAIL("net %s has no %s input on device %d", net->name, role_name(need[k]), d);
+
+  /* Outputs, device by device: the hidden output (or lm_head's result)
+   * comes first, then the new K and V rows; anything else passes through. */
+  int blocky = p->kind == TPC_NET_BLOCK || p->kind == TPC_NET_BLOCK_CACHE || p->kind == TPC_NET_BLOCK_KV;
+  for (int d = 0; d < num_device; d++) {
+    for (int i = 0; i < net->num_outputs; i++) {
+      if (out[i].device != d) continue;
+      const char *n = out[i].name ? out[i].name : "";
+      int kv_like = blocky && out[i].num_dims == 4;
+      int has_k = p->role_output[TPC_ROLE_K][d] >= 0, has_v = p->role_output[TPC_ROLE_V][d] >= 0;
+      int r = TPC_ROLE_NONE;
+      if (blocky && !strncmp(n, "k_cache", 7) && !has_k)
+        r = TPC_ROLE_K;
+      else if (blocky && !strncmp(n, "v_cache", 7) && !has_v)
+        r = TPC_ROLE_V;
+      else if (p->kind != TPC_NET_OTHER && !kv_like && !has_k && !has_v &&
+               p->role_output[TPC_ROLE_HIDDEN][d] < 0)
+        r = TPC_ROLE_HIDDEN;
+      else if (kv_like && !has_k)
+        r = TPC_ROLE_K;
+      else if (kv_like && !has_v)
+        r = TPC_ROLE_V;
+      p->out_role[i] = r;
+      if (r != TPC_ROLE_NONE) p->role_output[r][d] = i;
+    }
+    if (p->role_output[TPC_ROLE_HIDDEN][d] >= 0) p->hidden_out_devices |= 1 << d;
+    if (blocky && (p->role_output[TPC_ROLE_K][d] < 0 || p->role_output[TPC_ROLE_V][d] < 0))
+      PLAN_FAIL("net %s has no new K/V output on device %d", net->name, d);
+  }
+  if (p->kind != TPC_NET_OTHER && !p->hidden_out_devices)
+    PLAN_FAIL("net %s has no %s output on any device", net->name,
+              p->kind == TPC_NET_LM_HEAD ? "token/logits" : "hidden states");
+
+  /* Each device's share of the KV cache: equal shapes, heads add up. */
+  if (p->kind == TPC_NET_BLOCK_CACHE || p->kind == TPC_NET_BLOCK_KV) {
+    const tpc_tensor_info *k0 = &in[p->role_input[TPC_ROLE_HIST_K][0]];
+    p->kv_heads = k0->num_dims >= 4 ? k0->dims[2] : 1;
+    for (int d = 0; d < num_device; d++) {
+      const tpc_tensor_info *k = &in[p->role_input[TPC_ROLE_HIST_K][d]];
+      const tpc_tensor_info *v = &in[p->role_input[TPC_ROLE_HIST_V][d]];
+      if (!same_shape(k, k0) || !same_shape(v, k0))
+        PLAN_FAIL("net %s: the KV history of device %d differs in shape from device 0's", net->name, d);
+      p->kv_heads_total += p->kv_heads;
+    }
+  }
+
+  if (p->kind == TPC_NET_BLOCK) { /* a prefill's new K rows: the same share per device */
+    const tpc_tensor_info *k0 = &out[p->role_output[TPC_ROLE_K][0]];
+    p->kv_heads = k0->num_dims >= 4 ? k0->dims[2] : 1;
+    for (int d = 0; d < num_device; d++) {
+      const tpc_tensor_info *k = &out[p->role_output[TPC_ROLE_K][d]];
+      const tpc_tensor_info *v = &out[p->role_output[TPC_ROLE_V][d]];
+      if (!same_shape(k, k0) || !same_shape(v, k0))
+        PLAN_FAIL("net %s: the new K/V rows of device %d differ in shape from device 0's", net->name, d);
+      p->kv_heads_total += p->kv_heads;
+    }
+  }
+
+  /* Passthrough inputs: fed by the same device's first unused passthrough
+   * output of equal shape (the compiler's cross-device reduction result),
+   * else they keep the runtime's own buffer. */
+  int used[TPC_MAX_IO] = {0};
+  for (int i = 0; i < net->num_inputs; i++) {
+    if (p->in_role[i] != TPC_ROLE_NONE) continue;
+    p->num_passthrough_in++;
+    for (int o = 0; o < net->num_outputs; o++) {
+      if (used[o] || p->out_role[o] != TPC_ROLE_NONE || out[o].device != in[i].device) continue;
+      if (!same_shape(&out[o], &in[i])) continue;
+      used[o] = 1;
+      p->in_tie[i] = o;
+      p->num_tied++;
+      break;
+    }
+  }
+  return TPC_OK;
+}
+
+/* The device count a bmodel file was compiled for, read from its own
+ * description (FlatBuffers: Model.device_num, field 7) before the runtime
+ * sees the file: a mismatched count must be an error, not a crash. */
+static int file_device_num(const char *path, int *out, char *err, int errlen) {
+  *out = 1;
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+    return TPC_E_LOAD;
+  }
+  uint32_t head[3];
+  int rc = TPC_OK;
+  unsigned char *fb = NULL;
+  if (fread(head, 4, 3, f) != 3 || head[0] != 0xFF55AAEEu || head[2] < 8) {
+    set_err(err, errlen, "%s is not a bmodel (bad header)", path);
+    rc = TPC_E_LOAD;
+    goto done;
+  }
+  fb = malloc(head[2]);
+  if (!fb || fseek(f, (long)head[1], SEEK_SET) != 0 || fread(fb, 1, head[2], f) != head[2]) {
+    set_err(err, errlen, "%s is truncated: its model description is incomplete", path);
+    rc = TPC_E_LOAD;
+    goto done;
+  }
+  uint32_t size = head[2], root, field_off = 0;
+  int32_t soff;
+  uint16_t vt_len;
+  memcpy(&root, fb, 4);
+  if (root + 4 > size) goto bad;
+  memcpy(&soff, fb + root, 4);
+  int64_t vt = (int64_t)root - soff;
+  if (vt < 0 || vt + 4 > size) goto bad;
+  memcpy(&vt_len, fb + vt, 2);
+  if (vt_len >= 4 + 2 * 8 && vt + 4 + 2 * 8 <= size) {
+    uint16_t o;
+    memcpy(&o, fb + vt + 4 + 2 * 7, 2);
+    field_off = o;
+  }
+  if (field_off) {
+    uint32_t n;
+    if (root + field_off + 4 > size) goto bad;
+    memcpy(&n, fb + root + field_off, 4);
+    *out = n > 0 ? (int)n : 1;
+  }
+  goto done;
+bad:
+  set_err(err, errlen, "%s: damaged model description", path);
+  rc = TPC_E_LOAD;
+done:
+  free(fb);
+  fclose(f);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* 9. multi-device execution (follows the plans of section 8)          */
+/* ------------------------------------------------------------------ */
+/*
+ * Not verified on hardware: the simulator has one device.  What runs here
+ * is the plan checked by the unit tests: one launch per net over all
+ * devices; host data (ids, positions, masks) uploaded to every device's
+ * input; each device keeps its share of the KV cache (its history_k/v
+ * inputs, with that device's KV heads); hidden states that a net leaves on
+ * fewer devices than the next net reads them from are copied across
+ * through the host.  Kept simple (uploads every layer, copies K/V rows
+ * after each launch) rather than fast.
+ */
+
+static int md_check(tpc_model *m, bm_status_t st, const char *what, int dev) {
+  if (st != 0) return fail(m, TPC_E_RUNTIME, "%s on device %d failed (status %d)", what, m->devids[dev], st);
+  return TPC_OK;
+}
+
+static int md_upload(tpc_model *m, int dev, bmapi_mem_t dst, size_t off, const void *src, size_t size,
+                     const char *what) {
+  m->timing.copies++;
+  return md_check(m, TIMED(RT.s2d(m->handles[dev], dst, (void *)src, (unsigned int)size, (unsigned int)off)),
+                  what, dev);
+}
+
+static int md_download(tpc_model *m, int dev, void *dst, bmapi_mem_t src, size_t off, size_t size,
+                       const char *what) {
+  m->timing.copies++;
+  return md_check(m, TIMED(RT.d2s(m->handles[dev], dst, src, (unsigned int)size, (unsigned int)off)), what, dev);
+}
+
+static int md_d2d(tpc_model *m, int dev, bmapi_mem_t dst, size_t dst_off, bmapi_mem_t src, size_t src_off,
+                  size_t size, const char *what) {
+  m->timing.copies++;
+  return md_check(m, TIMED(RT.d2d(m->handles[dev], dst, dst_off, src, src_off, size)), what, dev);
+}
+
+static int md_sync_all(tpc_model *m) {
+  for (int d = 0; d < m->num_handles; d++) {
+    bm_status_t st = TIMED(RT.thread_sync(m->handles[d]));
+    if (st != 0) return fail(m, TPC_E_RUNTIME, "device %d failed while running the model (status %d)",
+                             m->devids[d], st);
+  }
+  return TPC_OK;
+}
+
+static const tpc_net_plan *md_plan(tpc_model *m, net_t n) {
+  for (int i = 0; i < m->num_nets; i++)
+    if (!strcmp(m->net_names[i], n->name)) return &m->plans[i];
+  return NULL;
+}
+
+int tpc_net_plan_of(const tpc_model *m, const char *name, tpc_net_plan *out) {
+  if (!m || !name || !out || !m->plans) return TPC_E_ARG;
+  for (int i = 0; i < m->num_nets; i++)
+    if (!strcmp(m->net_names[i], name)) {
+      *out = m->plans[i];
+      return TPC_OK;
+    }
+  return TPC_E_ARG;
+}
+
+/* Tensors over the net's own buffers, passthrough inputs tied to their
+ * outputs as planned. */
+static void md_tensors(net_t n, const tpc_net_plan *p, bmapi_tensor_t *in, bmapi_tensor_t *out) {
+  own_tensors(n, 0, in, out);
+  for (int i = 0; i < n->input_num; i++)
+    if (p->in_tie[i] >= 0) in[i].device_mem = out[p->in_tie[i]].device_mem;
+}
+
+/* Give every device's `role` input of net n the hidden rows in hid[d]
+ * (bytes each); devices without them get a copy of the first device's
+ * through the host. */
+static int md_feed_hidden(tpc_model *m, const tpc_net_plan *p, bmapi_tensor_t *in, const bmapi_mem_t *hid,
+                          const int *have, size_t bytes) {
+  int N = m->d.num_device, src = -1, rc;
+  for (int d = 0; d < N && src < 0; d++) if (have[d]) src = d;
+  if (src < 0) return fail(m, TPC_E_MODEL, "no device holds the hidden states");
+  int fetched = 0;
+  for (int d = 0; d < N; d++) {
+    int k = p->role_input[TPC_ROLE_HIDDEN][d];
+    if (have[d]) { in[k].device_mem = hid[d]; continue; }
+    if (!fetched) {
+      if ((rc = md_sync_all(m))) return rc;
+      if (bytes > m->md_host_bytes) return fail(m, TPC_E_MODEL, "hidden states larger than expected");
+      if ((rc = md_download(m, src, m->md_host, hid[src], 0, bytes, "hidden states"))) return rc;
+      fetched = 1;
+    }
+    if ((rc = md_upload(m, d, in[k].device_mem, 0, m->md_host, bytes, "hidden states"))) return rc;
+  }
+  return TPC_OK;
+}
+
+static int md_launch(tpc_model *m, net_t n, bmapi_tensor_t *in, bmapi_tensor_t *out) {
+  m->timing.launches++;
+  bool ok = TIMED(RT.launch_tensor_ex(m->rt, n->name, in, n->input_num, out, n->output_num, true, false));
+  if (!ok) return fail(m, TPC_E_RUNTIME, "the runtime refused to launch net %s", n->name);
+  return TPC_OK;
+}
+
+/* Hidden outputs of a launched net, per device. */
+static void md_hidden_out(tpc_model *m, const tpc_net_plan *p, const bmapi_tensor_t *out, bmapi_mem_t *hid,
+                          int *have) {
+  for (int d = 0; d < m->d.num_device; d++) {
+    int k = p->role_output[TPC_ROLE_HIDDEN][d];
+    have[d] = k >= 0;
+    if (k >= 0) hid[d] = out[k].device_mem;
+  }
+}
+
+static int md_head(tpc_model *m, const bmapi_mem_t *hid, const int *have, size_t row_off, int end, int *tok) {
+  int N = m->d.num_device, rc;
+  net_t lm = m->lm_head;
+  const tpc_net_plan *p = m->p_lm;
+  bmapi_tensor_t in[TPC_MAX_IO], out[TPC_MAX_IO];
+  bmapi_mem_t rows[TPC_MAX_DEV];
+  md_tensors(lm, p, in, out);
+  for (int d = 0; d < N; d++) if (have[d]) rows[d] = mem_at(hid[d], row_off, m->hidden_bytes);
+  if ((rc = md_feed_hidden(m, p, in, rows, have, m->hidden_bytes))) return rc;
+  if ((rc = md_launch(m, lm, in, out))) return rc;
+  if ((rc = md_sync_all(m))) return rc;
+  int src = -1;
+  for (int d = 0; d < N && src < 0; d++) if (p->role_output[TPC_ROLE_HIDDEN][d] >= 0) src = d;
+  bmapi_mem_t res = out[p->role_output[TPC_ROLE_HIDDEN][src]].device_mem;
+  if (m->d.lm_head_kind == 1) {
+    int32_t t = 0;
+    if ((rc = md_download(m, src, &t, res, 0, 4, "the next token"))) return rc;
+    *tok = t;
+  } else {
+    int v = m->d.vocab_size, es = dtype_size(m->d.logits_dtype), best = 0;
+    if ((rc = md_download(m, src, m->logits_raw, res, 0, (size_t)v * es, "logits"))) return rc;
+    for (int i = 0; i < v; i++) {
+      m->logits[i] = es == 4 ? ((float *)m->logits_raw)[i]
+                             : half_to_float(((unsigned short *)m->logits_raw)[i], m->d.logits_dtype);
+      if (m->logits[i] > m->logits[best]) best = i;
+    }
+    *tok = sampling_active(m) ? host_sample(m, m->logits, end) : best;
+  }
+  m->last_token = *tok;
+  m->token_on_device = 0;
+  return TPC_OK;
+}
+
+static int md_prefill(tpc_model *m, const int *ids, int n, int need_head, int *next_token) {
+  tpc_desc *d = &m->d;
+  int N = d->num_device, rc;
+  net_t emb = m->embedding;
+  const tpc_net_plan *pe = m->p_emb;
+  bmapi_tensor_t in[TPC_MAX_IO], out[TPC_MAX_IO];
+  const tpc_net_plan *p0 = m->p_block[0];
+  int rows = d->is_dynamic ? n : m->block[0]->stages[0].input_shapes[p0->role_input[TPC_ROLE_HIDDEN][0]].dims[1];
+  int emb_rows = emb->is_dynamic ? n : emb->stages[0].input_shapes[pe->role_input[TPC_ROLE_IDS][0]].dims[1];
+  if (emb_rows > m->ids_cap || rows > m->ids_cap) return fail(m, TPC_E_MODEL, "embedding input longer than expected");
+
+  memset(m->ids_buf, 0, sizeof(int32_t) * (size_t)m->ids_cap);
+  memcpy(m->ids_buf, ids, sizeof(int32_t) * (size_t)n);
+  md_tensors(emb, pe, in, out);
+  for (int dv = 0; dv < N; dv++) {
+    int k = pe->role_input[TPC_ROLE_IDS][dv];
+    if (emb->is_dynamic) set_len(&in[k].shape, n);
+    if ((rc = md_upload(m, dv, in[k].device_mem, 0, m->ids_buf, sizeof(int32_t) * (size_t)emb_rows, "token ids")))
+      return rc;
+  }
+  if ((rc = md_launch(m, emb, in, out))) return rc;
+  bmapi_mem_t hid[TPC_MAX_DEV];
+  int have[TPC_MAX_DEV];
+  md_hidden_out(m, pe, out, hid, have);
+
+  /* positions and the causal mask, the same on every device */
+  int32_t *pos = calloc((size_t)rows, sizeof(int32_t));
+  if (!pos) return fail(m, TPC_E_NOMEM, "out of host memory");
+  for (int i = 0; i < n; i++) pos[i] = i;
+  int mask_rows = 0, mask_cols = 0;
+  if (d->prefill_has_mask) {
+    const bmapi_shape_t *ms = &m->block[0]->stages[0].input_shapes[p0->role_input[TPC_ROLE_MASK][0]];
+    mask_rows = d->is_dynamic ? n : ms->dims[ms->num_dims - 2];
+    mask_cols = d->is_dynamic ? n : ms->dims[ms->num_dims - 1];
+    if ((rc = ensure_mask_buf(m, (size_t)mask_rows * mask_cols))) goto done;
+    build_prefill_mask(m->mask_buf, mask_rows, mask_cols, n,
+                       mask_min(m->block[0]->input_dtypes[p0->role_input[TPC_ROLE_MASK][0]]));
+  }
+  for (int i = 0; i < d->num_layers; i++) {
+    net_t b = m->block[i];
+    const tpc_net_plan *p = m->p_block[i];
+    md_tensors(b, p, in, out);
+    if ((rc = md_feed_hidden(m, p, in, hid, have, (size_t)rows * m->hidden_bytes))) goto done;
+    for (int dv = 0; dv < N; dv++) {
+      int kh = p->role_input[TPC_ROLE_HIDDEN][dv], kp = p->role_input[TPC_ROLE_POS][dv];
+      int km = p->role_input[TPC_ROLE_MASK][dv];
+      if (d->is_dynamic) {
+        set_len(&in[kh].shape, n);
+        set_len(&in[kp].shape, n);
+        if (km >= 0) { in[km].shape.dims[in[km].shape.num_dims - 2] = n; in[km].shape.dims[in[km].shape.num_dims - 1] = n; }
+      }
+      if ((rc = md_upload(m, dv, in[kp].device_mem, 0, pos, sizeof(int32_t) * (size_t)rows, "position ids")))
+        goto done;
+      if (km >= 0 && (rc = md_upload(m, dv, in[km].device_mem, 0, m->mask_buf,
+                                     (size_t)mask_rows * mask_cols * 2, "prefill mask")))
+        goto done;
+    }
+    if ((rc = md_launch(m, b, in, out))) goto done;
+    for (int dv = 0; dv < N; dv++) {
+      size_t bytes = (size_t)n * m->kv_row_bytes;
+      if ((rc = md_d2d(m, dv, m->md_kv_k[i * N + dv], 0, out[p->role_output[TPC_ROLE_K][dv]].device_mem, 0, bytes,
+                       "K cache")) ||
+          (rc = md_d2d(m, dv, m->md_kv_v[i * N + dv], 0, out[p->role_output[TPC_ROLE_V][dv]].device_mem, 0, bytes,
+                       "V cache")))
+        goto done;
+    }
+    md_hidden_out(m, p, out, hid, have);
+  }
+  memcpy(m->tokens, ids, sizeof(int32_t) * (size_t)n);
+  if (need_head) {
+    rc = md_head(m, hid, have, (size_t)(n - 1) * m->hidden_bytes, n, next_token);
+  } else {
+    m->token_on_device = 0;
+    rc = md_sync_all(m);
+  }
+  if (!rc) m->position = n;
+done:
+  free(pos);
+  return rc;
+}
+
+static int md_decode(tpc_model *m, int token, int need_head, int *next_token) {
+  tpc_desc *d = &m->d;
+  int N = d->num_device, p = m->position, rc, L = d->kv_len;
+  net_t ec = m->embedding_cache;
+  const tpc_net_plan *pe = m->p_embc;
+  bmapi_tensor_t in[TPC_MAX_IO], out[TPC_MAX_IO];
+  int32_t t = token, pos = p;
+  md_tensors(ec, pe, in, out);
+  for (int dv = 0; dv < N; dv++)
+    if ((rc = md_upload(m, dv, in[pe->role_input[TPC_ROLE_IDS][dv]].device_mem, 0, &t, 4, "token id"))) return rc;
+  if ((rc = md_launch(m, ec, in, out))) return rc;
+  bmapi_mem_t hid[TPC_MAX_DEV];
+  int have[TPC_MAX_DEV];
+  md_hidden_out(m, pe, out, hid, have);
+  unsigned short neg = mask_min(d->mask_dtype);
+  if ((rc = ensure_mask_buf(m, (size_t)L + 1))) return rc;
+  for (int j = 0; j <= L; j++) m->mask_buf[j] = (j < p || j == L) ? 0 : neg;
+  for (int i = 0; i < d->num_layers; i++) {
+    net_t c = m->block_cache[i];
+    const tpc_net_plan *pl = m->p_cache[i];
+    md_tensors(c, pl, in, out);
+    if ((rc = md_feed_hidden(m, pl, in, hid, have, m->hidden_bytes))) return rc;
+    for (int dv = 0; dv < N; dv++) {
+      in[pl->role_input[TPC_ROLE_HIST_K][dv]].device_mem = m->md_kv_k[i * N + dv];
+      in[pl->role_input[TPC_ROLE_HIST_V][dv]].device_mem = m->md_kv_v[i * N + dv];
+      if ((rc = md_upload(m, dv, in[pl->role_input[TPC_ROLE_POS][dv]].device_mem, 0, &pos, 4, "position id")) ||
+          (rc = md_upload(m, dv, in[pl->role_input[TPC_ROLE_MASK][dv]].device_mem, 0, m->mask_buf,
+                          (size_t)(L + 1) * 2, "decode mask")))
+        return rc;
+    }
+    if ((rc = md_launch(m, c, in, out))) return rc;
+    for (int dv = 0; dv < N; dv++) {
+      size_t off = (size_t)p * m->kv_row_bytes;
+      if ((rc = md_d2d(m, dv, m->md_kv_k[i * N + dv], off, out[pl->role_output[TPC_ROLE_K][dv]].device_mem, 0,
+                       m->kv_row_bytes, "K cache")) ||
+          (rc = md_d2d(m, dv, m->md_kv_v[i * N + dv], off, out[pl->role_output[TPC_ROLE_V][dv]].device_mem, 0,
+                       m->kv_row_bytes, "V cache")))
+        return rc;
+    }
+    md_hidden_out(m, pl, out, hid, have);
+  }
+  m->tokens[p] = token;
+  if (need_head) {
+    if ((rc = md_head(m, hid, have, 0, p + 1, next_token))) return rc;
+  } else if ((rc = md_sync_all(m))) {
+    return rc;
+  }
+  m->position = p + 1;
+  return TPC_OK;
+}
+
+static int md_reset(tpc_model *m) {
+  int N = m->d.num_device;
+  for (int i = 0; i < m->d.num_layers * N; i++) {
+    int dv = i % N;
+    bm_status_t st = TIMED(RT.memset_device(m->handles[dv], 0, m->md_kv_k[i]));
+    if (st == 0) st = TIMED(RT.memset_device(m->handles[dv], 0, m->md_kv_v[i]));
+    if (st != 0) return fail(m, TPC_E_RUNTIME, "clearing the KV cache on device %d failed (status %d)",
+                             m->devids[dv], st);
+  }
+  return md_sync_all(m);
+}
+
+/* Plans for every net (the runtime's description of them), checks, and
+ * the per-device KV shares. */
+static int md_prepare(tpc_model *m) {
+  tpc_desc *d = &m->d;
+  int N = d->num_device, rc;
+  if (!RT.new_net_info) return fail(m, TPC_E_LIB, "this libsophon is too old for multi-device bmodels");
+  m->md = 1;
+  m->plans = calloc((size_t)m->num_nets, sizeof(tpc_net_plan));
+  m->p_block = calloc((size_t)d->num_layers, sizeof(*m->p_block));
+  m->p_cache = calloc((size_t)d->num_layers, sizeof(*m->p_cache));
+  if (!m->plans || !m->p_block || !m->p_cache) return fail(m, TPC_E_NOMEM, "out of host memory");
+  for (int i = 0; i < m->num_nets; i++) {
+    net_t n = RT.get_network_info(m->rt, m->net_names[i]);
+    if (!n) return fail(m, TPC_E_MODEL, "net %s has no description", m->net_names[i]);
+    if (n->input_num > TPC_MAX_IO || n->output_num > TPC_MAX_IO)
+      return fail(m, TPC_E_MODEL, "net %s has too many inputs/outputs (%d/%d)", n->name, n->input_num,
+                  n->output_num);
+    tpc_tensor_info ins[TPC_MAX_IO], outs[TPC_MAX_IO];
+    for (int k = 0; k < n->input_num + n->output_num; k++) {
+      int is_out = k >= n->input_num, j = is_out ? k - n->input_num : k;
+      tpc_tensor_info *t = is_out ? &outs[j] : &ins[j];
+      const bmapi_shape_t *s = is_out ? &n->stages[0].output_shapes[j] : &n->stages[0].input_shapes[j];
+      memset(t, 0, sizeof *t);
+      t->name = is_out ? n->output_names[j] : n->input_names[j];
+      t->dtype = is_out ? n->output_dtypes[j] : n->input_dtypes[j];
+      t->num_dims = s->num_dims;
+      for (int q = 0; q < s->num_dims && q < 8; q++) t->dims[q] = s->dims[q];
+      const int *loc = is_out ? n->output_loc_devices : n->input_loc_devices;
+      t->device = loc ? loc[j] : 0;
+    }
+    tpc_net_desc nd = {n->name, n->input_num, n->output_num, ins, outs};
+    if ((rc = tpc_plan_net(&nd, N, &m->plans[i], m->err, sizeof m->err))) return rc;
+  }
+  m->p_emb = md_plan(m, m->embedding);
+  m->p_embc = md_plan(m, m->embedding_cache);
+  m->p_lm = md_plan(m, m->lm_head);
+  for (int i = 0; i < d->num_layers; i++) {
+    m->p_block[i] = md_plan(m, m->block[i]);
+    m->p_cache[i] = md_plan(m, m->block_cache[i]);
+  }
+  d->prefill_has_mask = m->p_block[0]->role_input[TPC_ROLE_MASK][0] >= 0;
+  /* Not driven across devices here: block_kv nets and on-device heads. */
+  d->has_block_kv = 0;
+  m->greedy_head = NULL;
+  m->sample_head = NULL;
+  d->has_greedy_head = d->has_sample_head = d->has_penalty_sample_head = 0;
+
+  const tpc_net_plan *c0 = m->p_cache[0];
+  const bmapi_shape_t *hk = &m->block_cache[0]->stages[0].input_shapes[c0->role_input[TPC_ROLE_HIST_K][0]];
+  int kv_dtype = m->block_cache[0]->input_dtypes[c0->role_input[TPC_ROLE_HIST_K][0]];
+  m->kv_row_bytes = shape_count(hk, 2) * (size_t)dtype_size(kv_dtype);
+  d->kv_heads = c0->kv_heads_total;
+  d->kv_cache_bytes = (long long)d->num_layers * 2 * d->kv_len * (long long)m->kv_row_bytes * N;
+
+  /* host scratch (as alloc_state), plus the bounce buffer */
+  m->ids_cap = d->seq_len;
+  for (int s = 0; s < m->embedding->stage_num; s++)
+    for (int k = 0; k < m->embedding->input_num; k++)
+      if (m->embedding->stages[s].input_shapes[k].dims[1] > m->ids_cap)
+        m->ids_cap = m->embedding->stages[s].input_shapes[k].dims[1];
+  m->ids_buf = calloc((size_t)m->ids_cap, sizeof(int32_t));
+  m->tokens = calloc((size_t)d->kv_len, sizeof(int32_t));
+  m->md_host_bytes = (size_t)m->ids_cap * m->hidden_bytes;
+  m->md_host = malloc(m->md_host_bytes);
+  m->md_kv_k = calloc((size_t)d->num_layers * N, sizeof(bmapi_mem_t));
+  m->md_kv_v = calloc((size_t)d->num_layers * N, sizeof(bmapi_mem_t));
+  if (!m->ids_buf || !m->tokens || !m->md_host || !m->md_kv_k || !m->md_kv_v)
+    return fail(m, TPC_E_NOMEM, "out of host memory");
+  if (d->lm_head_kind == 2) {
+    m->logits = calloc((size_t)d->vocab_size, sizeof(float));
+    m->logits_raw = calloc((size_t)d->vocab_size, 4);
+    m->probs = calloc((size_t)d->vocab_size, sizeof(float));
+    m->order = calloc((size_t)d->vocab_size, sizeof(int));
+    if (!m->logits || !m->logits_raw || !m->probs || !m->order) return fail(m, TPC_E_NOMEM, "out of host memory");
+  }
+  /* KV shares: io_alone decode nets own them (their history inputs),
+   * otherwise they are allocated on each device. */
+  size_t bytes = (size_t)d->kv_len * m->kv_row_bytes;
+  for (int i = 0; i < d->num_layers; i++) {
+    net_t c = m->block_cache[i];
+    const tpc_net_plan *p = m->p_cache[i];
+    for (int dv = 0; dv < N; dv++) {
+      bmapi_mem_t *k = &m->md_kv_k[i * N + dv], *v = &m->md_kv_v[i * N + dv];
+      if (c->addr_mode == 1) {
+        *k = c->stages[0].input_mems[p->role_input[TPC_ROLE_HIST_K][dv]];
+        *v = c->stages[0].input_mems[p->role_input[TPC_ROLE_HIST_V][dv]];
+      } else {
+        m->md_own_kv = 1;
+        if (RT.malloc_device_byte(m->handles[dv], k, (unsigned int)bytes) != 0 ||
+            RT.malloc_device_byte(m->handles[dv], v, (unsigned int)bytes) != 0)
+          return fail(m, TPC_E_NOMEM, "not enough memory on device %d for its share of the KV cache",
+                      m->devids[dv]);
+      }
+    }
+  }
+  return TPC_OK;
+}
+
+static void md_free(tpc_model *m) {
+  if (m->md_own_kv && m->md_kv_k && m->md_kv_v) {
+    int N = m->d.num_device;
+    for (int i = 0; i < m->d.num_layers * N; i++) {
+      if (m->md_kv_k[i].size) RT.free_device(m->handles[i % N], m->md_kv_k[i]);
+      if (m->md_kv_v[i].size) RT.free_device(m->handles[i % N], m->md_kv_v[i]);
+    }
+  }
+  free(m->plans);
+  free(m->p_block);
+  free(m->p_cache);
+  free(m->md_kv_k);
+  free(m->md_kv_v);
+  free(m->md_host);
 }

@@ -156,5 +156,64 @@ int tpc_set_sampling(tpc_model *m, const tpc_sampling *s);
 int tpc_pin_prefix(tpc_model *m, const int *ids, int n);
 int tpc_pinned_prefix(const tpc_model *m);
 
+/* Multi-device layout (bmodels compiled with --num_device N).  The runtime
+ * shows each net as one list of inputs/outputs over all devices, each with
+ * the device it lives on.  tpc_plan_net works out, from such a description
+ * alone (no runtime needed), which input and output of which device plays
+ * which part: host data (ids, positions, masks) is copied to every device,
+ * each device holds its own share of the KV cache, and inputs with no part
+ * ("passthrough": the compiler's own cross-device tensors) keep the
+ * runtime's buffers, fed by the same device's passthrough output of the same
+ * shape when there is one. */
+#define TPC_MAX_IO 64
+#define TPC_MAX_DEV 8
+#define TPC_NET_OTHER 0
+#define TPC_NET_EMBEDDING 1
+#define TPC_NET_BLOCK 2
+#define TPC_NET_BLOCK_CACHE 3
+#define TPC_NET_BLOCK_KV 4
+#define TPC_NET_LM_HEAD 5
+#define TPC_ROLE_NONE 0     /* passthrough */
+#define TPC_ROLE_IDS 1
+#define TPC_ROLE_HIDDEN 2   /* hidden states in/out; lm_head: its token/logits out */
+#define TPC_ROLE_POS 3
+#define TPC_ROLE_MASK 4
+#define TPC_ROLE_HIST_K 5
+#define TPC_ROLE_HIST_V 6
+#define TPC_ROLE_K 7        /* new K rows out */
+#define TPC_ROLE_V 8
+#define TPC_NUM_ROLES 9
+
+typedef struct {
+  const char *name;
+  int num_inputs;
+  int num_outputs;
+  const tpc_tensor_info *inputs;   /* stage 0 */
+  const tpc_tensor_info *outputs;
+} tpc_net_desc;
+
+typedef struct {
+  int kind;                          /* TPC_NET_* */
+  int num_device;
+  int num_inputs;
+  int num_outputs;
+  int in_role[TPC_MAX_IO];
+  int in_device[TPC_MAX_IO];
+  int in_tie[TPC_MAX_IO];            /* passthrough input fed by this output index, -1: own buffer */
+  int out_role[TPC_MAX_IO];
+  int out_device[TPC_MAX_IO];
+  int role_input[TPC_NUM_ROLES][TPC_MAX_DEV];   /* input index per role and device, -1 */
+  int role_output[TPC_NUM_ROLES][TPC_MAX_DEV];  /* output index per role and device, -1 */
+  int hidden_out_devices;            /* bit d: device d produces the hidden output */
+  int kv_heads;                      /* KV heads held by each device (0: no KV) */
+  int kv_heads_total;
+  int num_passthrough_in;
+  int num_tied;
+} tpc_net_plan;
+
+int tpc_plan_net(const tpc_net_desc *net, int num_device, tpc_net_plan *out, char *err, int errlen);
+/* The plan the open model uses for net `name` (multi-device models only). */
+int tpc_net_plan_of(const tpc_model *m, const char *name, tpc_net_plan *out);
+
 /* cdef-end */
 #endif

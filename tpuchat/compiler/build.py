@@ -60,6 +60,7 @@ class Variant:
     seq_length: int = SEQ_LENGTH
     extra: tuple[str, ...] = field(default_factory=tuple)  # more llm_convert flags
     chip: str = CHIP
+    toolchain: str = "main"  # main | multidev (TPU-MLIR 1.24, for --num_device N)
 
     def convert_args(self, model_dir: Path, out_dir: Path) -> list[str]:
         return ["-m", str(model_dir), "-s", str(self.seq_length), "-q", self.quantize,
@@ -78,6 +79,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("llama-bf16", "llama", "bf16", "bf16"),
     # For the wrong-chip error: a real bmodel the BM1684X runtime must refuse.
     Variant("qwen2-bm1688", "qwen2", "bf16", "bf16", chip="bm1688"),
+    # A 2-device bmodel (TPU-MLIR 1.24; 1.30.2 cannot compile --num_device 2).
+    # The simulator has one device: only its description and layout plan are tested.
+    Variant("qwen2-2dev", "qwen2", "bf16", "bf16", extra=("--num_device", "2"), toolchain="multidev"),
 ]}
 ALIASES = {"demo": DEMO_ALIAS}
 NAMES = (*VARIANTS, *ALIASES)
@@ -219,6 +223,8 @@ def build(name: str) -> Path:
             return final
         tc = toolchain.ensure(log=_log)
         src = source_dir(v.arch, v.dtype, tc)
+        if v.toolchain == "multidev":
+            tc = toolchain.ensure_multidev(log=_log)
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -230,6 +236,8 @@ def build(name: str) -> Path:
             _run_logged([str(tc.llm_convert), *args], log_path, _venv_env(tc), tmp, timeout=1800)
             seconds = round(time.monotonic() - t0, 2)
             bmodel = _collect_outputs(tmp, src, log_path)
+            if v.toolchain == "multidev":
+                _record_description(tc, bmodel, tmp, log_path)
         except BuildError as exc:
             kept = _keep_failed(tmp, v.name)
             raise BuildError(str(exc).replace(str(tmp), str(kept))) from None
@@ -243,7 +251,8 @@ def build(name: str) -> Path:
             "bmodel_bytes": bmodel.stat().st_size,
             "config_dir": "config",
             "source_model": str(src),
-            "tpu_mlir": toolchain.TPU_MLIR_VERSION,
+            "tpu_mlir": (toolchain.MULTIDEV_TPU_MLIR_VERSION if v.toolchain == "multidev"
+                         else toolchain.TPU_MLIR_VERSION),
             "hash": final.name.rsplit("-", 1)[1],
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -282,6 +291,22 @@ def _collect_outputs(out: Path, src: Path, log_path: Path) -> Path:
         if not (config / fname).exists():
             raise BuildError(f"{config} lacks {fname}")
     return stable
+
+
+def _record_description(tc: toolchain.Toolchain, bmodel: Path, out: Path, log_path: Path) -> None:
+    """Keep the compiler's own account of the nets (`model_tool --info`,
+    model_info.txt) and ours (netinfo.json, read from the file as the runtime
+    would show it on all its devices) beside a multi-device bmodel."""
+    from ..runtime import bmodel_nets
+
+    with open(out / "model_info.txt", "w") as fh:
+        proc = subprocess.run([str(tc.model_tool), "--info", str(bmodel)], stdout=fh, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, env=_venv_env(tc), timeout=300)
+    if proc.returncode != 0:
+        raise BuildError(f"model_tool --info failed ({proc.returncode}) on {bmodel}\n{_tail(out / 'model_info.txt')}")
+    desc = bmodel_nets.read(bmodel).to_dict()
+    desc["path"] = bmodel.name
+    (out / "netinfo.json").write_text(json.dumps(desc, indent=1) + "\n")
 
 
 def build_all(names=None) -> dict[str, Path]:

@@ -116,11 +116,11 @@ def _log(log, msg: str) -> None:
         log(msg)
 
 
-def _marker_payload() -> dict:
-    return {"requirements": list(REQUIREMENTS), "glibc_fix": list(BUNDLED_GLIBC)}
+def _marker_payload(requirements=REQUIREMENTS) -> dict:
+    return {"requirements": list(requirements), "glibc_fix": list(BUNDLED_GLIBC)}
 
 
-def _is_ready(venv: Path) -> bool:
+def _is_ready(venv: Path, requirements=REQUIREMENTS) -> bool:
     marker = venv / MARKER_NAME
     if not (venv / "bin" / "python").exists():
         return False
@@ -128,7 +128,7 @@ def _is_ready(venv: Path) -> bool:
         data = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return data == _marker_payload()
+    return data == _marker_payload(requirements)
 
 
 @contextlib.contextmanager
@@ -271,34 +271,71 @@ def ensure(log=None) -> Toolchain:
 
     `log` is an optional callable taking one progress message.
     """
-    venv = venv_dir()
+    return _ensure_venv(venv_dir(), REQUIREMENTS, TPU_MLIR_VERSION, ".install.lock", "install.log", log)
+
+
+def _ensure_venv(venv: Path, requirements, version: str, lock_name: str, log_name: str, log=None) -> Toolchain:
     tc = Toolchain(venv)
-    if _is_ready(venv) and shutil.which("parallel"):
+    if _is_ready(venv, requirements) and shutil.which("parallel"):
         return tc
-    with file_lock(compiler_dir() / ".install.lock"):
-        if _is_ready(venv) and shutil.which("parallel"):
+    with file_lock(compiler_dir() / lock_name):
+        if _is_ready(venv, requirements) and shutil.which("parallel"):
             return tc
         ensure_parallel(log)
-        log_path = compiler_dir() / "install.log"
+        log_path = compiler_dir() / log_name
         log_path.write_text("")
         marker = venv / MARKER_NAME
         if marker.exists():
             marker.unlink()
         if _python_version(str(tc.python)) != (3, 10):
             _create_venv(venv, log_path, log)
-        _log(log, f"installing TPU-MLIR {TPU_MLIR_VERSION}, torch and transformers into {venv} "
+        _log(log, f"installing TPU-MLIR {version}, torch and transformers into {venv} "
                   "(several GB, a few minutes; log: " + str(log_path) + ")")
-        _run([str(tc.python), "-m", "pip", "install", "--disable-pip-version-check", *REQUIREMENTS],
+        _run([str(tc.python), "-m", "pip", "install", "--disable-pip-version-check", *requirements],
              log_path, env=tc.env())
         _fix_bundled_glibc(tc, log)
         # A quick sanity check: the converter's entry point starts.
         _run([str(tc.llm_convert), "--help"], log_path, env=tc.env())
-        marker.write_text(json.dumps(_marker_payload()))
+        # What was installed, for the record (pip freeze).
+        freeze = subprocess.run([str(tc.python), "-m", "pip", "freeze", "--disable-pip-version-check"],
+                                capture_output=True, text=True, env=tc.env())
+        if freeze.returncode == 0:
+            (venv / "requirements.lock").write_text(freeze.stdout)
+        marker.write_text(json.dumps(_marker_payload(requirements)))
     return tc
 
 
-def main() -> int:
-    tc = ensure(log=lambda m: print(m, file=sys.stderr))
+# --- the multi-device toolchain ------------------------------------------
+# TPU-MLIR 1.30.2's llm_convert fails with --num_device 2; 1.24 (its
+# llm_convert passes --num_device to model_deploy) is the newest release that
+# compiles multi-device LLM bmodels.  It lives in its own venv beside the
+# main one; it pins transformers 4.51.1 and numpy 1.24.3 itself.
+MULTIDEV_TPU_MLIR_VERSION = "1.24"
+MULTIDEV_REQUIREMENTS = (
+    f"tpu-mlir=={MULTIDEV_TPU_MLIR_VERSION}",
+    "torch==2.11.0",
+    "psutil",
+    "flatbuffers==24.12.23",
+    "tokenizers",
+    "setuptools<81",
+)
+
+
+def multidev_venv_dir() -> Path:
+    return compiler_dir() / f"venv-{MULTIDEV_TPU_MLIR_VERSION}"
+
+
+def ensure_multidev(log=None) -> Toolchain:
+    """The TPU-MLIR 1.24 toolchain (for `--num_device N` builds), installed on first use."""
+    return _ensure_venv(multidev_venv_dir(), MULTIDEV_REQUIREMENTS, MULTIDEV_TPU_MLIR_VERSION,
+                        f".install-{MULTIDEV_TPU_MLIR_VERSION}.lock",
+                        f"install-{MULTIDEV_TPU_MLIR_VERSION}.log", log)
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    pick = ensure_multidev if "--multidev" in args else ensure
+    tc = pick(log=lambda m: print(m, file=sys.stderr))
     print(tc.venv)
     return 0
 

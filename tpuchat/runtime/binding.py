@@ -306,3 +306,61 @@ def _guess_quant(path: str, nets, dtype: str) -> str:
 
     m = re.search(r"(w4bf16|w8bf16|w4f16|w8f16|int4|int8|bf16|f16|fp16)", path.rsplit("/", 1)[-1].lower())
     return m.group(1) if m else dtype
+
+
+# -- multi-device layout plan ----------------------------------------------
+ROLE_NAMES = {0: "passthrough", 1: "ids", 2: "hidden", 3: "position", 4: "mask", 5: "history_k", 6: "history_v",
+              7: "k", 8: "v"}
+NET_KINDS = {0: "other", 1: "embedding", 2: "block", 3: "block_cache", 4: "block_kv", 5: "lm_head"}
+_DTYPE_CODES = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+def plan_net(net, num_device: int) -> dict:
+    """The shim's multi-device layout plan (the same C function the shim runs
+    when it opens a bmodel) for one net described by `bmodel_nets.Net`, with
+    no runtime or device involved.  Returns per input/output its role and
+    device, per role the input/output index on each device, and the KV share.
+    Raises ModelError with the planner's message when the net cannot be laid out."""
+    s = _shim()
+    ffi, lib = s.ffi, s.lib
+    stage = net.stages[0]
+    keep = []
+
+    def tensors(ts):
+        arr = ffi.new("tpc_tensor_info[]", max(1, len(ts)))
+        for i, t in enumerate(ts):
+            name = ffi.new("char[]", t.name.encode())
+            keep.append(name)
+            arr[i].name = name
+            arr[i].dtype = _DTYPE_CODES.get(t.dtype, -1)
+            arr[i].num_dims = len(t.shape)
+            for k, dim in enumerate(t.shape[:8]):
+                arr[i].dims[k] = dim
+            arr[i].device = t.device
+        return arr
+
+    ins, outs = tensors(stage.inputs), tensors(stage.outputs)
+    cname = ffi.new("char[]", net.name.encode())
+    desc = ffi.new("tpc_net_desc *", {"name": cname, "num_inputs": len(stage.inputs),
+                                       "num_outputs": len(stage.outputs), "inputs": ins, "outputs": outs})
+    plan = ffi.new("tpc_net_plan *")
+    err = _err_buf()
+    rc = lib.tpc_plan_net(desc, num_device, plan, err, _ERRLEN)
+    if rc:
+        _raise(rc, _text(ffi, err))
+    n_in, n_out = plan.num_inputs, plan.num_outputs
+    return {
+        "kind": NET_KINDS.get(plan.kind, str(plan.kind)),
+        "num_device": plan.num_device,
+        "inputs": [{"name": stage.inputs[i].name, "role": ROLE_NAMES[plan.in_role[i]], "device": plan.in_device[i],
+                    "tied_to_output": plan.in_tie[i]} for i in range(n_in)],
+        "outputs": [{"name": stage.outputs[i].name, "role": ROLE_NAMES[plan.out_role[i]],
+                     "device": plan.out_device[i]} for i in range(n_out)],
+        "role_inputs": {ROLE_NAMES[r]: [plan.role_input[r][d] for d in range(num_device)] for r in range(1, 7)},
+        "role_outputs": {ROLE_NAMES[r]: [plan.role_output[r][d] for d in range(num_device)] for r in (2, 7, 8)},
+        "hidden_out_devices": [d for d in range(num_device) if plan.hidden_out_devices >> d & 1],
+        "kv_heads": plan.kv_heads,
+        "kv_heads_total": plan.kv_heads_total,
+        "num_passthrough_in": plan.num_passthrough_in,
+        "num_tied": plan.num_tied,
+    }
