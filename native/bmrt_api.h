@@ -91,6 +91,36 @@ typedef struct {
   bmapi_heap_stat_t heap_stat[4];
 } bmapi_dev_stat_t;
 
+/* Device memory with a 64-bit size (bm_device_mem_u64_t): weight areas of
+ * large models exceed 4 GB. */
+typedef struct {
+  unsigned long long device_addr;
+  unsigned int reserved;
+  int dmabuf_fd;
+  unsigned int flags;
+  unsigned long long size;
+} bmapi_mem64_t; /* 32 bytes */
+
+/* One device memory region of a bmodel, as bmrt_get_bmodel_info reports it
+ * and bmrt_load_bmodel_with_mem takes it (the runtime's memory_t). */
+typedef struct {
+  int64_t addr;       /* device address, -1 when not given */
+  uint64_t size;      /* bytes (128-aligned) */
+  int type;           /* 0 device memory */
+  int number;         /* copies (per core); 1 */
+  char reserved[124];
+} bmapi_region_t; /* 152 bytes */
+
+/* All regions of a bmodel (the runtime's mem_info_t). */
+typedef struct {
+  bmapi_region_t instruction;          /* tiu/hau commands, dynamic IR */
+  bmapi_region_t variable_instruction; /* gdma/sdma commands */
+  bmapi_region_t neuron;               /* activations, middle buffers */
+  bmapi_region_t coeff;                /* the weights */
+  bmapi_region_t io;                   /* io_alone input/output buffers */
+  bmapi_region_t reserved[4];
+} bmapi_mem_info_t; /* 1368 bytes */
+
 /* libbmlib */
 typedef bm_status_t (*bm_dev_getcount_fn)(int *count);
 typedef bm_status_t (*bm_dev_request_fn)(bm_handle_t *handle, int devid);
@@ -106,6 +136,9 @@ typedef bm_status_t (*bm_memcpy_d2s_partial_offset_fn)(bm_handle_t handle, void 
 typedef bm_status_t (*bm_memcpy_d2d_byte_fn)(bm_handle_t handle, bmapi_mem_t dst, size_t dst_offset,
                                             bmapi_mem_t src, size_t src_offset, size_t size);
 typedef bm_status_t (*bm_memset_device_fn)(bm_handle_t handle, const int value, bmapi_mem_t mem);
+typedef bm_status_t (*bm_malloc_device_byte_u64_fn)(bm_handle_t handle, bmapi_mem64_t *mem,
+                                                    unsigned long long size);
+typedef void (*bm_free_device_u64_fn)(bm_handle_t handle, bmapi_mem64_t mem);
 
 /* libbmrt */
 typedef void *(*bmrt_create_fn)(bm_handle_t handle);
@@ -115,6 +148,10 @@ typedef bool (*bmrt_load_bmodel_fn)(void *rt, const char *path);
 typedef int (*bmrt_get_network_number_fn)(void *rt);
 typedef void (*bmrt_get_network_names_fn)(void *rt, const char ***names);
 typedef const bmapi_net_info_t *(*bmrt_get_network_info_fn)(void *rt, const char *name);
+/* Weight sharing (absent from old libsophon): the memory a bmodel needs, and
+ * a load into memory the caller provides. */
+typedef bool (*bmrt_get_bmodel_info_fn)(const char *path, bmapi_mem_info_t *info);
+typedef bool (*bmrt_load_bmodel_with_mem_fn)(void *rt, const char *path, bmapi_mem_info_t *info);
 typedef bool (*bmrt_launch_tensor_ex_fn)(void *rt, const char *net, const bmapi_tensor_t *inputs, int num_in,
                                          bmapi_tensor_t *outputs, int num_out, bool user_mem, bool user_stmode);
 

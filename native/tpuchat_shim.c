@@ -71,6 +71,11 @@ static struct {
   bmrt_get_network_names_fn get_network_names;
   bmrt_get_network_info_fn get_network_info;
   bmrt_launch_tensor_ex_fn launch_tensor_ex;
+  /* optional: weight sharing (NULL on old libsophon) */
+  bmrt_get_bmodel_info_fn get_bmodel_info;
+  bmrt_load_bmodel_with_mem_fn load_bmodel_with_mem;
+  bm_malloc_device_byte_u64_fn malloc_device_u64;
+  bm_free_device_u64_fn free_device_u64;
 } RT;
 
 static void set_err(char *err, int errlen, const char *fmt, ...) {
@@ -151,6 +156,10 @@ int tpc_runtime_load(const char *lib_dir, char *err, int errlen) {
   RESOLVE(launch_tensor_ex, "bmrt_launch_tensor_ex");
   *(void **)(&RT.create_ex) = dlsym(RTLD_DEFAULT, "bmrt_create_ex");
   RT.new_net_info = RT.create_ex != NULL;
+  *(void **)(&RT.get_bmodel_info) = dlsym(RTLD_DEFAULT, "bmrt_get_bmodel_info");
+  *(void **)(&RT.load_bmodel_with_mem) = dlsym(RTLD_DEFAULT, "bmrt_load_bmodel_with_mem");
+  *(void **)(&RT.malloc_device_u64) = dlsym(RTLD_DEFAULT, "bm_malloc_device_byte_u64");
+  *(void **)(&RT.free_device_u64) = dlsym(RTLD_DEFAULT, "bm_free_device_u64");
   snprintf(RT.dir, sizeof RT.dir, "%s", lib_dir);
   RT.loaded = 1;
   return TPC_OK;
@@ -232,6 +241,9 @@ struct tpc_model {
   bm_handle_t handles[MAX_DEVICES];
   int devids[MAX_DEVICES];
   int num_handles;
+  int borrowed_handles;   /* handles belong to a family: do not free them */
+  int shared_neuron;      /* loaded into caller memory: all nets share one activation
+                           * area, so nothing may stay in a net's buffers between launches */
   void *rt;
 
   const char **net_names; /* from the runtime; we free the array */
@@ -1302,7 +1314,11 @@ int tpc_pinned_prefix(const tpc_model *m) { return m ? m->prefix_len : 0; }
 static int alloc_state(tpc_model *m) {
   tpc_desc *d = &m->d;
   int L = d->num_layers;
-  m->direct_io = d->addr_mode == 1;
+  /* io_alone nets keep their IO apart, unless the bmodel was loaded into
+   * caller memory: then every basic-mode net's IO sits in one shared
+   * activation area (one net's output is the next one's scratch), and the
+   * copying discipline of basic mode is the safe one. */
+  m->direct_io = d->addr_mode == 1 && !m->shared_neuron;
   m->kv_k = calloc((size_t)L, sizeof(bmapi_mem_t));
   m->kv_v = calloc((size_t)L, sizeof(bmapi_mem_t));
   m->ids_cap = d->seq_len;
@@ -1337,8 +1353,10 @@ static int alloc_state(tpc_model *m) {
   return TPC_OK;
 }
 
-int tpc_open(const char *bmodel_path, const int *devids, int num_devids, tpc_model **out, char *err,
-             int errlen) {
+/* Open a bmodel; with `handle` the model uses that device handle (it stays
+ * the caller's), with `mem` the bmodel is loaded into the memory it gives. */
+static int open_model(const char *bmodel_path, const int *devids, int num_devids, bm_handle_t handle,
+                      bmapi_mem_info_t *mem, tpc_model **out, char *err, int errlen) {
   if (out) *out = NULL;
   if (!out || !bmodel_path || !devids || num_devids < 1 || num_devids > MAX_DEVICES) {
     set_err(err, errlen, "bad arguments to open (need a path and 1..%d device ids)", MAX_DEVICES);
@@ -1377,8 +1395,15 @@ int tpc_open(const char *bmodel_path, const int *devids, int num_devids, tpc_mod
     return TPC_E_NOMEM;
   }
   m->mask_zeros = -1;
+  m->shared_neuron = mem != NULL;
   int rc = TPC_OK;
-  for (int i = 0; i < num_devids; i++) {
+  if (handle) {
+    m->handles[0] = handle;
+    m->devids[0] = devids[0];
+    m->num_handles = 1;
+    m->borrowed_handles = 1;
+  }
+  for (int i = 0; i < num_devids && !handle; i++) {
     bm_status_t st = RT.dev_request(&m->handles[i], devids[i]);
     if (st != 0 || !m->handles[i]) {
       rc = fail(m, TPC_E_DEVICE, "cannot open device %d (bm_dev_request returned %d)", devids[i], st);
@@ -1392,7 +1417,7 @@ int tpc_open(const char *bmodel_path, const int *devids, int num_devids, tpc_mod
     rc = fail(m, TPC_E_DEVICE, "cannot create the runtime on device %d", devids[0]);
     goto out;
   }
-  if (!RT.load_bmodel(m->rt, bmodel_path)) {
+  if (!(mem ? RT.load_bmodel_with_mem(m->rt, bmodel_path, mem) : RT.load_bmodel(m->rt, bmodel_path))) {
     rc = fail(m, TPC_E_LOAD,
               "the runtime could not load %s (corrupt file, a bmodel for another chip, or not "
               "enough device memory; see the log)", bmodel_path);
@@ -1427,6 +1452,11 @@ out:
   return TPC_OK;
 }
 
+int tpc_open(const char *bmodel_path, const int *devids, int num_devids, tpc_model **out, char *err,
+             int errlen) {
+  return open_model(bmodel_path, devids, num_devids, NULL, NULL, out, err, errlen);
+}
+
 void tpc_close(tpc_model *m) {
   if (!m) return;
   md_free(m);
@@ -1439,7 +1469,7 @@ void tpc_close(tpc_model *m) {
   if (m->prefix_mem.size) RT.free_device(H(m), m->prefix_mem);
   free(m->prefix_tokens);
   if (m->rt) RT.destroy(m->rt);
-  for (int i = 0; i < m->num_handles; i++)
+  for (int i = 0; i < m->num_handles && !m->borrowed_handles; i++)
     if (m->handles[i]) RT.dev_free(m->handles[i]);
   free((void *)m->net_names);
   free(m->block);
@@ -2159,4 +2189,221 @@ static void md_free(tpc_model *m) {
   free(m->md_kv_k);
   free(m->md_kv_v);
   free(m->md_host);
+}
+
+/* ------------------------------------------------------------------ */
+/* 10. model families: one weight area for bmodels of the same weights  */
+/* ------------------------------------------------------------------ */
+
+#define MAX_MEMBERS 8
+_Static_assert(sizeof(bmapi_region_t) == 152, "memory_t layout");
+_Static_assert(sizeof(bmapi_mem_info_t) == 1368, "mem_info_t layout");
+_Static_assert(sizeof(bmapi_mem64_t) == 32, "bm_device_mem_u64_t layout");
+
+/* A device allocation that remembers which call made it. */
+typedef struct {
+  bmapi_mem64_t mem64;
+  bmapi_mem_t mem32;
+  int wide, used;
+} dev_area;
+
+struct tpc_family {
+  char err[ERR_LEN];
+  int n, active, shared;
+  char *paths[MAX_MEMBERS];
+  bmapi_mem_info_t info[MAX_MEMBERS]; /* each member's regions, from the runtime */
+  int devid;
+  bm_handle_t handle;
+  dev_area weights;                   /* the shared weight area */
+  unsigned long long weight_bytes;
+  dev_area regions[4];                /* the active member's other regions */
+  tpc_model *model;                   /* the active member */
+  double last_switch_us;
+};
+
+static int area_alloc(bm_handle_t h, dev_area *a, unsigned long long size) {
+  memset(a, 0, sizeof *a);
+  if (RT.malloc_device_u64 && RT.free_device_u64) {
+    if (RT.malloc_device_u64(h, &a->mem64, size) != 0) return -1;
+    a->wide = 1;
+  } else {
+    if (size > 0xFFFFFFFFull || RT.malloc_device_byte(h, &a->mem32, (unsigned int)size) != 0) return -1;
+  }
+  a->used = 1;
+  return 0;
+}
+
+static unsigned long long area_addr(const dev_area *a) {
+  return a->wide ? a->mem64.device_addr : a->mem32.device_addr;
+}
+
+static void area_free(bm_handle_t h, dev_area *a) {
+  if (!a->used) return;
+  if (a->wide) RT.free_device_u64(h, a->mem64);
+  else RT.free_device(h, a->mem32);
+  a->used = 0;
+}
+
+static int ffail(tpc_family *f, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(f->err, sizeof f->err, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+const char *tpc_family_error(const tpc_family *f) { return f ? f->err : "no model family"; }
+
+int tpc_bmodel_memory_of(const char *bmodel_path, tpc_bmodel_memory *out, char *err, int errlen) {
+  if (!bmodel_path || !out) return TPC_E_ARG;
+  if (!RT.loaded) {
+    set_err(err, errlen, "runtime library not loaded");
+    return TPC_E_LIB;
+  }
+  if (!RT.get_bmodel_info) {
+    set_err(err, errlen, "the runtime in %s has no bmrt_get_bmodel_info (libsophon too old)", RT.dir);
+    return TPC_E_LIB;
+  }
+  bmapi_mem_info_t info;
+  memset(&info, 0, sizeof info);
+  if (!RT.get_bmodel_info(bmodel_path, &info)) {
+    set_err(err, errlen, "the runtime could not read the memory layout of %s", bmodel_path);
+    return TPC_E_LOAD;
+  }
+  out->weight_bytes = (long long)info.coeff.size;
+  out->instruction_bytes = (long long)(info.instruction.size + info.variable_instruction.size);
+  out->neuron_bytes = (long long)info.neuron.size;
+  out->io_bytes = (long long)info.io.size;
+  return TPC_OK;
+}
+
+/* Free the active member: its runtime and its non-weight regions. */
+static void unload_member(tpc_family *f) {
+  if (f->model) tpc_close(f->model);
+  f->model = NULL;
+  for (int i = 0; i < 4; i++) area_free(f->handle, &f->regions[i]);
+  f->active = -1;
+}
+
+int tpc_family_switch(tpc_family *f, int index) {
+  if (!f) return TPC_E_ARG;
+  if (index < 0 || index >= f->n) return ffail(f, TPC_E_ARG, "no member %d in this model family", index);
+  if (index == f->active && f->model) return TPC_OK;
+  double t0 = now_us();
+  unload_member(f);
+  char err[ERR_LEN] = "";
+  int rc;
+  if (f->shared) {
+    bmapi_mem_info_t mem = f->info[index];
+    bmapi_region_t *own[4] = {&mem.instruction, &mem.variable_instruction, &mem.neuron, &mem.io};
+    static const char *const what[4] = {"instructions", "instructions", "activations", "IO buffers"};
+    for (int i = 0; i < 4; i++) {
+      own[i]->addr = -1;
+      if (own[i]->size == 0) continue;
+      if (area_alloc(f->handle, &f->regions[i], own[i]->size)) {
+        unload_member(f);
+        return ffail(f, TPC_E_NOMEM, "not enough device memory for the %s of %s (%llu bytes)", what[i],
+                     f->paths[index], (unsigned long long)own[i]->size);
+      }
+      own[i]->addr = (int64_t)area_addr(&f->regions[i]);
+    }
+    mem.coeff.addr = (int64_t)area_addr(&f->weights);
+    mem.coeff.size = f->weight_bytes;
+    rc = open_model(f->paths[index], &f->devid, 1, f->handle, &mem, &f->model, err, sizeof err);
+  } else {
+    rc = open_model(f->paths[index], &f->devid, 1, f->handle, NULL, &f->model, err, sizeof err);
+  }
+  if (rc) {
+    unload_member(f);
+    return ffail(f, rc, "%s", err);
+  }
+  f->active = index;
+  f->last_switch_us = now_us() - t0;
+  return TPC_OK;
+}
+
+int tpc_family_open(const char *const *paths, int num_paths, const int *devids, int num_devids, int first,
+                    int share_weights, tpc_family **out, char *err, int errlen) {
+  if (out) *out = NULL;
+  if (!out || !paths || num_paths < 1 || num_paths > MAX_MEMBERS || !devids || num_devids < 1 || first < 0 ||
+      first >= num_paths) {
+    set_err(err, errlen, "bad arguments to open a model family (1..%d bmodels)", MAX_MEMBERS);
+    return TPC_E_ARG;
+  }
+  if (num_devids > 1) {
+    set_err(err, errlen, "sharing weights between bmodels works on one device only (%d given)", num_devids);
+    return TPC_E_ARG;
+  }
+  if (!RT.loaded) {
+    set_err(err, errlen, "runtime library not loaded");
+    return TPC_E_LIB;
+  }
+  int rc = check_devid(devids[0], err, errlen);
+  if (rc) return rc;
+  tpc_family *f = calloc(1, sizeof *f);
+  if (!f) {
+    set_err(err, errlen, "out of host memory");
+    return TPC_E_NOMEM;
+  }
+  f->n = num_paths;
+  f->active = -1;
+  f->devid = devids[0];
+  f->shared = share_weights && RT.get_bmodel_info && RT.load_bmodel_with_mem;
+  for (int i = 0; i < num_paths; i++) {
+    if (!paths[i] || !(f->paths[i] = strdup(paths[i]))) {
+      rc = ffail(f, TPC_E_ARG, "bad bmodel path");
+      goto out;
+    }
+    if (f->shared) {
+      if (!RT.get_bmodel_info(paths[i], &f->info[i])) {
+        rc = ffail(f, TPC_E_LOAD, "the runtime could not read the memory layout of %s (damaged bmodel?)", paths[i]);
+        goto out;
+      }
+      if (f->info[i].coeff.size > f->weight_bytes) f->weight_bytes = f->info[i].coeff.size;
+    }
+  }
+  bm_status_t st = RT.dev_request(&f->handle, f->devid);
+  if (st != 0 || !f->handle) {
+    f->handle = NULL;
+    rc = ffail(f, TPC_E_DEVICE, "cannot open device %d (bm_dev_request returned %d)", f->devid, st);
+    goto out;
+  }
+  /* The weight area is as large as the largest member needs: lengths change
+   * the position tables that sit beside the weights. */
+  if (f->shared && f->weight_bytes && area_alloc(f->handle, &f->weights, f->weight_bytes)) {
+    rc = ffail(f, TPC_E_NOMEM, "not enough device memory for the weights (%llu MB)", f->weight_bytes >> 20);
+    goto out;
+  }
+  rc = tpc_family_switch(f, first);
+out:
+  if (rc) {
+    set_err(err, errlen, "%s", f->err);
+    tpc_family_close(f);
+    return rc;
+  }
+  *out = f;
+  return TPC_OK;
+}
+
+tpc_model *tpc_family_model(tpc_family *f) { return f ? f->model : NULL; }
+
+int tpc_family_get_info(const tpc_family *f, tpc_family_info *out) {
+  if (!f || !out) return TPC_E_ARG;
+  out->num_members = f->n;
+  out->active = f->active;
+  out->shared = f->shared;
+  out->weight_bytes = f->shared ? (long long)f->weight_bytes : 0;
+  out->last_switch_us = f->last_switch_us;
+  return TPC_OK;
+}
+
+void tpc_family_close(tpc_family *f) {
+  if (!f) return;
+  unload_member(f);
+  if (f->handle) {
+    area_free(f->handle, &f->weights);
+    RT.dev_free(f->handle);
+  }
+  for (int i = 0; i < f->n; i++) free(f->paths[i]);
+  free(f);
 }

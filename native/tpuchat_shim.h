@@ -215,5 +215,46 @@ int tpc_plan_net(const tpc_net_desc *net, int num_device, tpc_net_plan *out, cha
 /* The plan the open model uses for net `name` (multi-device models only). */
 int tpc_net_plan_of(const tpc_model *m, const char *name, tpc_net_plan *out);
 
+/* Model families: bmodels compiled from the same weights with different
+ * lengths share one weight area on the device.  The first member's load
+ * allocates it (as large as the largest member needs); each member gets its
+ * own instruction, activation and IO memory, and switching frees and
+ * reallocates only those (bmrt_get_bmodel_info + bmrt_load_bmodel_with_mem).
+ * The runtime copies the member's weights into the area on every load.
+ * Without share_weights, or on runtimes without those calls, each switch
+ * is a plain load of the member (shared = 0): still one member, so one copy
+ * of the weights, on the device at a time.  CAUTION: the TPU-MLIR 1.30.2
+ * runtime (the simulator) writes the weights of every net of an llm_convert
+ * bmodel (one weight block per net, all at the same compiled address) to the
+ * start of the given area, so the nets read the wrong weights: shared loads
+ * are only for runtimes checked to place them apart.  The
+ * caller checks first that the members hold the same weights (the shim
+ * cannot: only sizes are visible here).  One member is loaded at a time;
+ * tpc_family_model() is it, driven with the tpc_* calls above, and valid
+ * until the next switch. */
+typedef struct tpc_family tpc_family;
+typedef struct {
+  int num_members;
+  int active;                /* loaded member, -1 when none */
+  int shared;                /* 1: one weight area; 0: plain loads (old runtime) */
+  long long weight_bytes;    /* size of the shared weight area (0 when not shared) */
+  double last_switch_us;     /* wall time of the last load of a member */
+} tpc_family_info;
+/* Device memory one bmodel needs, from the runtime (bmrt_get_bmodel_info). */
+typedef struct {
+  long long weight_bytes;    /* coeff */
+  long long instruction_bytes;
+  long long neuron_bytes;
+  long long io_bytes;
+} tpc_bmodel_memory;
+int tpc_bmodel_memory_of(const char *bmodel_path, tpc_bmodel_memory *out, char *err, int errlen);
+int tpc_family_open(const char *const *paths, int num_paths, const int *devids, int num_devids,
+                    int first, int share_weights, tpc_family **out, char *err, int errlen);
+int tpc_family_switch(tpc_family *f, int index);
+tpc_model *tpc_family_model(tpc_family *f);
+int tpc_family_get_info(const tpc_family *f, tpc_family_info *out);
+const char *tpc_family_error(const tpc_family *f);
+void tpc_family_close(tpc_family *f);
+
 /* cdef-end */
 #endif

@@ -26,7 +26,8 @@ app.add_typer(sim_app, name="sim")
 
 DEFAULT_BENCH_PROMPT = "请使用python写一段冒泡排序算法。"
 
-MODEL_OPT = typer.Option(..., "--model", "-m", help="Path to a .bmodel file.")
+MODEL_OPT = typer.Option(..., "--model", "-m", help="Path to a .bmodel file; a,b for bmodels of the same "
+                         "weights with different lengths (the shortest that fits answers).")
 DEVID_OPT = typer.Option("0", "--devid", "-d", help="Device id(s), comma separated: 0 or 2,3.")
 LIB_OPT = typer.Option(None, "--libsophon", help="Directory holding libbmrt/libbmlib (default: search).",
                        envvar="TPUCHAT_LIBSOPHON")
@@ -231,7 +232,7 @@ def demo(
 
 @app.command()
 def info(
-    model: str = typer.Argument(..., help="Path to a .bmodel file."),
+    model: str = typer.Argument(..., help="Path to a .bmodel file (a,b: bmodels of the same weights)."),
     devid: str = DEVID_OPT,
     libsophon: Optional[str] = LIB_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -251,6 +252,22 @@ def info(
     from .tables import print_model_table
 
     print_model_table(desc, show_nets=nets)
+    if desc.get("family"):
+        _print_family(desc["family"])
+
+
+def _print_family(fam: dict) -> None:
+    """`tpuchat info a,b`: every member and what they share."""
+    typer.echo("\nbmodels of the same weights (the shortest that fits each conversation answers):")
+    for m in fam["members"]:
+        typer.echo(f"  {m['path']}: S {m['seq_len']}, L {m['kv_len']}, loaded in {m['load_s']:.3f} s")
+    weights = fam["members"][0].get("weight_bytes")
+    if fam["shared_weights"]:
+        typer.echo(f"  one weight area of {fam['weight_bytes'] / 2**20:.1f} MB shared by all")
+    else:
+        typer.echo("  one bmodel is on the device at a time (each switch loads it whole)")
+    if weights:
+        typer.echo(f"  weights: {weights / 2**20:.1f} MB")
 
 
 # --------------------------------------------------------------------------

@@ -76,6 +76,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("qwen2-sample", "qwen2", "bf16", "bf16", extra=("--do_sample",)),
     Variant("qwen2-history", "qwen2", "bf16", "bf16", extra=("--use_history_kv",)),
     Variant("qwen2-maxinput", "qwen2", "bf16", "bf16", extra=("--max_input_length", "64")),
+    # Same weights as qwen2-bf16 with a shorter KV length: a weight-sharing family (--model a,b).
+    Variant("qwen2-s128", "qwen2", "bf16", "bf16", seq_length=128),
     Variant("llama-bf16", "llama", "bf16", "bf16"),
     # For the wrong-chip error: a real bmodel the BM1684X runtime must refuse.
     Variant("qwen2-bm1688", "qwen2", "bf16", "bf16", chip="bm1688"),

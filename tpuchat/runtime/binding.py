@@ -149,6 +149,19 @@ class Model:
         self._timing = self._ffi.new("tpc_timing *")
         self.devids = list(devids)
 
+    @classmethod
+    def _borrowed(cls, handle, devids: Sequence[int]) -> "Model":
+        """A view of a model a Family owns: close() leaves it alone."""
+        s = _shim()
+        self = cls.__new__(cls)
+        self._ffi, self._lib = s.ffi, s.lib
+        self._m = handle
+        self._next = self._ffi.new("int *")
+        self._timing = self._ffi.new("tpc_timing *")
+        self.devids = list(devids)
+        self._borrowed_handle = True
+        return self
+
     # -- inference -------------------------------------------------------
     def _check(self, rc: int):
         if rc:
@@ -288,6 +301,9 @@ class Model:
         )
 
     def close(self) -> None:
+        if getattr(self, "_borrowed_handle", False):
+            self._m = None
+            return
         if self._m is not None:
             self._lib.tpc_close(self._m)
             self._m = None
@@ -364,3 +380,89 @@ def plan_net(net, num_device: int) -> dict:
         "num_passthrough_in": plan.num_passthrough_in,
         "num_tied": plan.num_tied,
     }
+
+# -- model families (--model a.bmodel,b.bmodel) ------------------------------
+
+
+@dataclass
+class BmodelMemory:
+    weight_bytes: int
+    instruction_bytes: int
+    neuron_bytes: int
+    io_bytes: int
+
+
+def bmodel_memory(path: str) -> BmodelMemory:
+    """Device memory a bmodel needs, as the runtime computes it."""
+    s = _shim()
+    err = _err_buf()
+    out = s.ffi.new("tpc_bmodel_memory *")
+    rc = s.lib.tpc_bmodel_memory_of(str(path).encode(), out, err, _ERRLEN)
+    if rc:
+        _raise(rc, _text(s.ffi, err))
+    return BmodelMemory(out.weight_bytes, out.instruction_bytes, out.neuron_bytes, out.io_bytes)
+
+
+class Family:
+    """Bmodels of the same weights on one device, one loaded at a time
+    (see tpc_family_* in the shim).  `model` is the loaded member."""
+
+    def __init__(self, paths: Sequence[str], devids: Sequence[int], first: int = 0, share_weights: bool = False):
+        s = _shim()
+        self._ffi, self._lib = s.ffi, s.lib
+        self.paths = [str(p) for p in paths]
+        self.devids = list(devids)
+        err = _err_buf()
+        self._cpaths = [self._ffi.new("char[]", p.encode()) for p in self.paths]
+        arr = self._ffi.new("char *[]", self._cpaths)
+        ids = self._ffi.new("int[]", self.devids)
+        out = self._ffi.new("tpc_family **")
+        rc = self._lib.tpc_family_open(arr, len(self.paths), ids, len(self.devids), first,
+                                       1 if share_weights else 0, out, err, _ERRLEN)
+        if rc:
+            _raise(rc, _text(self._ffi, err))
+        self._f = out[0]
+        self._info = self._ffi.new("tpc_family_info *")
+        self.model = Model._borrowed(self._lib.tpc_family_model(self._f), self.devids)
+
+    def switch(self, index: int) -> "Model":
+        """Load member `index` (its KV cache starts empty); a no-op when loaded."""
+        if index != self.active:
+            self.model._m = None  # the old member's handle dies with the switch
+            rc = self._lib.tpc_family_switch(self._f, index)
+            if rc:
+                _raise(rc, _text(self._ffi, self._lib.tpc_family_error(self._f)))
+            self.model = Model._borrowed(self._lib.tpc_family_model(self._f), self.devids)
+        return self.model
+
+    def info(self):
+        self._lib.tpc_family_get_info(self._f, self._info)
+        return self._info
+
+    @property
+    def active(self) -> int:
+        return self.info().active
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.info().shared)
+
+    @property
+    def weight_bytes(self) -> int:
+        return int(self.info().weight_bytes)
+
+    @property
+    def last_switch_s(self) -> float:
+        return self.info().last_switch_us / 1e6
+
+    def close(self) -> None:
+        if self._f is not None:
+            self.model._m = None
+            self._lib.tpc_family_close(self._f)
+            self._f = None
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass

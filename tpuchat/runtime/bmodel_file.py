@@ -30,6 +30,13 @@ class BmodelFile:
 
 
 def check_bmodel_file(path) -> BmodelFile:
+    """Check one bmodel; for `a.bmodel,b.bmodel` (several bmodels of the same
+    weights) check each and describe the first."""
+    from .weights import split_models
+
+    parts = split_models(path)
+    if len(parts) > 1:
+        return [check_bmodel_file(x) for x in parts][0]
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelError(f"bmodel not found: {p}")

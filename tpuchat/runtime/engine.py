@@ -26,6 +26,8 @@ class GenerationStats:
     launches_per_token: float = 0.0
     copies_per_token: float = 0.0
     stop_reason: str = ""  # eos | max_tokens | context_full | cancelled
+    bmodel: str = ""  # with --model a,b: the member that answered (file name)
+    switch_s: float = 0.0  # time spent loading that member before this answer (0: it was loaded)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,12 +37,98 @@ class Engine:
     """A bmodel opened on one or more devices (in this process)."""
 
     def __init__(self, bmodel: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] = None):
+        from .weights import split_models
+
+        self.family = None
+        paths = split_models(bmodel)
+        if len(paths) > 1:
+            self._open_family(paths, devids, lib_dir)
+            return
         file_info = check_bmodel_file(bmodel)
         self.runtime: RuntimeLocation = find_runtime(lib_dir)
         load_runtime(str(self.runtime.path))
         self.model = Model(str(file_info.path), list(devids))
         self.desc: ModelDesc = self.model.describe(file_info)
         self.stats = GenerationStats()
+
+    # -- several bmodels of the same weights (--model a,b) -----------------
+    def _open_family(self, paths, devids, lib_dir) -> None:
+        """Check the bmodels hold the same weights, then load each once to
+        describe it; generate() picks the shortest that fits."""
+        from .binding import Family
+        from .weights import check_same_weights
+
+        infos = [check_bmodel_file(p) for p in paths]
+        check_same_weights([str(i.path) for i in infos])
+        self.runtime = find_runtime(lib_dir)
+        load_runtime(str(self.runtime.path))
+        share = os.environ.get("TPUCHAT_SHARE_WEIGHTS", "") == "1"
+        clock = time.perf_counter
+        t0 = clock()
+        self.family = Family([str(i.path) for i in infos], list(devids), 0, share)
+        first_s = clock() - t0
+        descs, loads = [], []
+        for i, fi in enumerate(infos):
+            loads.append(first_s if i == 0 else None)
+            if i:
+                self.family.switch(i)
+                loads[i] = self.family.last_switch_s
+            descs.append(self.family.model.describe(fi))
+        self.family_open_s = clock() - t0
+        from .binding import bmodel_memory
+
+        self.member_memory = []
+        for fi in infos:
+            try:
+                self.member_memory.append(vars(bmodel_memory(str(fi.path))))
+            except TpuchatError:  # old runtime: sizes unknown
+                self.member_memory.append({})
+        # Shortest KV length first: the order generate() tries them in.
+        self.members = sorted(range(len(infos)), key=lambda i: (descs[i].kv_len, descs[i].seq_len))
+        self.member_descs = descs
+        self.member_load_s = loads
+        self.model = self.family.model
+        self.desc = descs[self.members[-1]]  # the limits are the longest member's
+        self.stats = GenerationStats()
+
+    def family_info(self) -> Optional[dict]:
+        """The members and the weight sharing, for `info` and the client (None for one bmodel)."""
+        if self.family is None:
+            return None
+        return {
+            "members": [dict(self.member_descs[i].to_dict(), load_s=self.member_load_s[i], **self.member_memory[i])
+                        for i in self.members],
+            "active": self.member_descs[self.family.active].path,
+            "shared_weights": self.family.shared,
+            "weight_bytes": self.family.weight_bytes,
+            "open_s": self.family_open_s,
+        }
+
+    def _select(self, n_prompt: int, room: int) -> float:
+        """Load the shortest member whose KV length holds the prompt and `room`
+        answer tokens (else the longest); returns the seconds spent switching."""
+        if self.family is None:
+            return 0.0
+        pick = self.members[-1]
+        for i in self.members:
+            if self.member_descs[i].kv_len >= n_prompt + room:
+                pick = i
+                break
+        if pick == self.family.active:
+            return 0.0
+        self.model = self.family.switch(pick)
+        spent = self.family.last_switch_s
+        pinned = getattr(self, "_pinned_ids", None)
+        if pinned and len(pinned) < self.member_descs[pick].kv_len:
+            t0 = time.perf_counter()  # the new member starts empty: pin the shared prefix again
+            self.model.pin_prefix(pinned)
+            spent += time.perf_counter() - t0
+        return spent
+
+    def _active_name(self) -> str:
+        if self.family is None:
+            return ""
+        return os.path.basename(self.member_descs[self.family.active].path)
 
     def check_prompt(self, n: int) -> None:
         if n < 1:
@@ -70,9 +158,10 @@ class Engine:
         exhausted."""
         ids = list(prompt_ids)
         self.check_prompt(len(ids))
+        switch_s = self._select(len(ids), max(0, max_new_tokens))
         self.set_sampling(sampling)
         stops = set(stop_ids)
-        st = self.stats = GenerationStats(prompt_tokens=len(ids))
+        st = self.stats = GenerationStats(prompt_tokens=len(ids), bmodel=self._active_name(), switch_s=switch_s)
         if max_new_tokens < 1:
             st.stop_reason = "max_tokens"
             return
@@ -87,7 +176,7 @@ class Engine:
         st.reused_tokens = model.last_reused()
         device_us = host_us = launches = copies = 0.0
         steps = 0
-        kv_len = self.desc.kv_len
+        kv_len = self.model_kv_len()
         while True:
             if token in stops:
                 st.stop_reason = "eos"
@@ -132,8 +221,15 @@ class Engine:
             )
         t0 = time.perf_counter()
         self.model.pin_prefix(ids)
+        self._pinned_ids = ids
         return {"tokens": len(ids), "seconds": time.perf_counter() - t0,
                 "reused_tokens": self.model.last_reused() if ids else 0}
+
+    def model_kv_len(self) -> int:
+        """KV length of the loaded bmodel (the active member's)."""
+        if self.family is None:
+            return self.desc.kv_len
+        return self.member_descs[self.family.active].kv_len
 
     def set_sampling(self, sampling: Optional[dict]) -> None:
         if not sampling or not sampling.get("sample"):
@@ -151,15 +247,19 @@ class Engine:
         choice derailing the rest."""
         ids = list(prompt_ids)
         self.check_prompt(len(ids))
+        self._select(len(ids), len(continuation))
         self.model.rewind(0)
         picks = [self.model.prefill_reuse(ids)]
         for tok in list(continuation)[:-1]:
-            if self.model.position >= self.desc.kv_len:
+            if self.model.position >= self.model_kv_len():
                 break
             picks.append(self.model.decode(tok))
         return picks
 
     def close(self) -> None:
+        if self.family is not None:
+            self.family.close()
+            return
         self.model.close()
 
     def __enter__(self):

@@ -45,6 +45,9 @@ def _serve(conn) -> None:
                     "kind": engine.runtime.kind,
                     "version": engine.runtime.version,
                 }
+                family = engine.family_info()
+                if family is not None:
+                    desc["family"] = family
                 conn.send(("opened", desc))
             elif op == "generate":
                 if engine is None:

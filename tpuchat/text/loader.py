@@ -47,6 +47,9 @@ def find_tokenizer_dir(
         return d
     candidates = []  # type: List[Path]
     if bmodel_path is not None:
+        from ..runtime.weights import split_models
+
+        bmodel_path = split_models(bmodel_path)[0]  # --model a,b: the first one's config/
         candidates.append(Path(bmodel_path).expanduser().resolve().parent / "config")
     candidates.append((Path(cwd) if cwd is not None else Path.cwd()) / "token_config")
     for d in candidates:

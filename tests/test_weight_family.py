@@ -1,0 +1,104 @@
+"""Several bmodels of the same weights (--model a,b), on the simulator.
+
+qwen2-s128 and qwen2-bf16 are the same tiny Qwen2 weights compiled with KV
+lengths 128 and 256; qwen2-w8bf16 (other quantisation) and qwen2-f16 (other
+bytes, same sizes) must be refused."""
+
+import pytest
+
+from tests.fixtures import models
+from tpuchat.errors import ModelError, PromptTooLong
+from tpuchat.runtime.client import DoneEvent, EngineClient
+
+pytestmark = pytest.mark.sim
+
+SHORT, LONG = "qwen2-s128", "qwen2-bf16"
+PROMPT = [5, 17, 33, 99, 101, 7] * 4  # 24 tokens; transformers' top-2 margins > 0.03 for 20 steps
+
+
+def safe_prefix(ref: dict, tol: float = 0.03) -> int:
+    """Steps before transformers' first near-tie (bf16 may flip those)."""
+    return next((i for i, m in enumerate(ref["margins"]) if m < tol), len(ref["margins"]))
+
+
+def gen(client, ids, n):
+    out, stats = [], None
+    for ev in client.generate(ids, n, ()):
+        if isinstance(ev, DoneEvent):
+            stats = ev.stats
+        else:
+            out.append(ev.id)
+    return out, stats
+
+
+def pair(*names):
+    return ",".join(str(models.bmodel_path(n)) for n in names)
+
+
+@pytest.fixture
+def family(sim_lib, build, engine_log):
+    build(SHORT)
+    build(LONG)
+    c = EngineClient(engine_log)
+    desc = c.open(pair(LONG, SHORT), [0], sim_lib)  # any order: sorted by KV length
+    yield c, desc
+    c.close()
+
+
+def test_shortest_member_that_fits_answers_and_tokens_equal_transformers(family, open_variant):
+    c, desc = family
+    fam = desc["family"]
+    assert [m["kv_len"] for m in fam["members"]] == [128, 256]
+    assert desc["kv_len"] == 256  # the family's limit is its longest member
+    full = models.reference(LONG, [PROMPT], 150)[0]
+    ref, safe = full["ids"], safe_prefix(full)
+    assert safe >= 20
+
+    short, st = gen(c, PROMPT, 20)  # 25 + 20 fits 128
+    assert st["bmodel"] == models.bmodel_path(SHORT).name
+    assert short == ref[:20]
+
+    long_, st = gen(c, PROMPT, 150)  # 25 + 150 needs the 256 one: a switch
+    assert st["bmodel"] == models.bmodel_path(LONG).name and st["switch_s"] > 0
+    assert long_[:safe] == ref[:safe]
+
+    back, st = gen(c, PROMPT, 20)  # and back again
+    assert st["bmodel"] == models.bmodel_path(SHORT).name and st["switch_s"] > 0
+    assert st["reused_tokens"] == 0  # a switch starts from an empty cache
+    assert back == ref[:20]
+
+    single, _ = open_variant(LONG)  # the 256 member alone, token for token
+    assert gen(single, PROMPT, 150)[0] == long_
+
+
+def test_family_tokens_equal_the_single_bmodel_run(family, open_variant):
+    c, _ = family
+    fam_tokens, st = gen(c, PROMPT, 20)
+    assert st["bmodel"] == models.bmodel_path(SHORT).name
+    single, _ = open_variant(SHORT)
+    assert gen(single, PROMPT, 20)[0] == fam_tokens
+
+
+def test_prompt_too_long_for_every_member(family):
+    c, _ = family
+    with pytest.raises(PromptTooLong, match="at most 256"):
+        gen(c, list(range(1, 300)), 4)
+    assert gen(c, PROMPT, 3)[0]  # the engine is still usable
+
+
+@pytest.mark.parametrize("other,why", [("qwen2-w8bf16", "weight sizes"), ("qwen2-f16", "checksum")])
+def test_bmodels_of_other_weights_are_refused(sim_lib, build, engine_log, other, why):
+    build(SHORT)
+    build(other)
+    with EngineClient(engine_log) as c:
+        with pytest.raises(ModelError) as e:
+            c.open(pair(SHORT, other), [0], sim_lib)
+    msg = str(e.value)
+    assert "\n" not in msg and why in msg and "does not hold the weights" in msg
+
+
+def test_weight_check_needs_no_runtime(build):
+    from tpuchat.runtime.weights import check_same_weights
+
+    infos = check_same_weights([str(models.bmodel_path(SHORT)), str(models.bmodel_path(LONG))])
+    assert [i.kv_len for i in infos] == [128, 256]
