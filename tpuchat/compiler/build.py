@@ -38,7 +38,8 @@ from . import toolchain
 HERE = Path(__file__).resolve().parent
 TINYMODELS = HERE / "tinymodels.py"
 REFERENCE = HERE / "reference.py"
-BUILDER_SOURCES = (HERE / "toolchain.py", TINYMODELS, HERE / "build.py")
+CONVERT_DRIVER = HERE / "convert_driver.py"
+BUILDER_SOURCES = (HERE / "toolchain.py", TINYMODELS, HERE / "build.py", CONVERT_DRIVER)
 
 SEQ_LENGTH = 256
 CHIP = "bm1684x"
@@ -54,7 +55,7 @@ class BuildError(RuntimeError):
 @dataclass(frozen=True)
 class Variant:
     name: str
-    arch: str  # qwen2 | llama
+    arch: str  # qwen2 | llama | mllama
     dtype: str  # dtype of the source model: bf16 | f16
     quantize: str  # llm_convert -q
     seq_length: int = SEQ_LENGTH
@@ -76,6 +77,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("qwen2-history", "qwen2", "bf16", "bf16", extra=("--use_history_kv",)),
     Variant("qwen2-maxinput", "qwen2", "bf16", "bf16", extra=("--max_input_length", "64")),
     Variant("llama-bf16", "llama", "bf16", "bf16"),
+    # Llama-3.2-Vision: a vit net and cross-attention layers (S 128 keeps the simulator quick).
+    Variant("mllama", "mllama", "bf16", "bf16", seq_length=128),
     # For the wrong-chip error: a real bmodel the BM1684X runtime must refuse.
     Variant("qwen2-bm1688", "qwen2", "bf16", "bf16", chip="bm1688"),
 ]}
@@ -227,7 +230,7 @@ def build(name: str) -> Path:
         _log(f"compiling {v.name}: llm_convert {' '.join(args)}")
         t0 = time.monotonic()
         try:
-            _run_logged([str(tc.llm_convert), *args], log_path, _venv_env(tc), tmp, timeout=1800)
+            _run_logged(_convert_command(tc, v, args), log_path, _venv_env(tc), tmp, timeout=1800)
             seconds = round(time.monotonic() - t0, 2)
             bmodel = _collect_outputs(tmp, src, log_path)
         except BuildError as exc:
@@ -254,6 +257,13 @@ def build(name: str) -> Path:
     return final
 
 
+def _convert_command(tc: toolchain.Toolchain, v: Variant, args: list[str]) -> list[str]:
+    """llm_convert itself, or for vision models our driver around it (see convert_driver.py)."""
+    if v.arch == "mllama":
+        return [str(tc.python), str(CONVERT_DRIVER), *args]
+    return [str(tc.llm_convert), *args]
+
+
 def _collect_outputs(out: Path, src: Path, log_path: Path) -> Path:
     """Tidy llm_convert's output dir: one stable-named bmodel + config/."""
     bmodels = sorted(out.glob("*.bmodel"))
@@ -275,7 +285,7 @@ def _collect_outputs(out: Path, src: Path, log_path: Path) -> Path:
     config = out / "config"
     config.mkdir(exist_ok=True)
     for fname in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json",
-                  "special_tokens_map.json"):
+                  "special_tokens_map.json", "preprocessor_config.json"):
         if (src / fname).exists() and not (config / fname).exists():
             shutil.copy2(src / fname, config / fname)
     for fname in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):
