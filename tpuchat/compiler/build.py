@@ -357,6 +357,30 @@ def reference(name: str, ids_list: list[list[int]], max_new_tokens: int, logits:
     return results
 
 
+def reference_requests(name: str, requests: list[dict]) -> list[dict]:
+    """reference.py's results for raw requests (e.g. with an image for mllama variants:
+    see reference.py), cached per request list."""
+    key = _sha(REFERENCE.read_bytes(), json.dumps(requests, sort_keys=True))
+    cache = build(name) / "reference" / f"{key}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    tc = toolchain.ensure(log=_log)
+    proc = subprocess.run([str(tc.python), "-I", str(REFERENCE), str(model_source_dir(name))],
+                          input=json.dumps(requests), capture_output=True, text=True,
+                          env=_venv_env(tc), timeout=1800)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise BuildError(f"reference.py failed ({proc.returncode}) for {name}\n{tail}")
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    cache.parent.mkdir(exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(results))
+    os.replace(tmp, cache)
+    return results
+
+
 def reference_greedy(name: str, ids_list: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Transformers' greedy token ids for each prompt (see `reference`)."""
     return [r["ids"] for r in reference(name, ids_list, max_new_tokens)]
