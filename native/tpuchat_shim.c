@@ -1416,9 +1416,9 @@ static int image_checks(tpc_model *m, int n, int *lcp) {
   if (!same) {
     *lcp = 0;
   } else if (want >= 0) {
-    /* Rows before both image positions saw no tile either way. */
+    /* A moved image token: rows before both positions saw no tile either way. */
     int lo = want < m->seq_img_pos ? want : m->seq_img_pos;
-    if (*lcp > lo) *lcp = lo;
+    if (want != m->seq_img_pos && *lcp > lo) *lcp = lo;
     /* Decode nets have no text_row_mask: rows before the image token can
      * only come from a prefill. */
     if (*lcp < want) *lcp = 0;
