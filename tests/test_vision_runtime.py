@@ -185,7 +185,7 @@ def test_follow_up_text_turn_reuses_the_image_and_the_prefix(engine, vision):
     ids1, pos = vision.image_question()
     image = vision.images[0]
     answer, _ = generate(client, ids1, image, pos)
-    follow = vision.tok("<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd the colours?<|eot_id|>"
+    follow = vision.tok("<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nTell me more.<|eot_id|>"
                         "<|start_header_id|>assistant<|end_header_id|>\n\n", add_special_tokens=False)["input_ids"]
     ids2 = ids1 + answer + follow
     tokens, stats = generate(client, ids2, image, pos)  # the image token stays in the history
