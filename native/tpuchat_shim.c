@@ -9,6 +9,7 @@
  *   5. device helpers       checked copies and launches
  *   6. masks                prefill and decode attention masks (bf16/f16)
  *   7. prefill / decode     the two inference steps and greedy selection
+ *   8. vision               the vit net, image states and cross-attention layers
  *
  * Two memory layouts exist (net_info.addr_mode):
  *   io_alone (1): every net owns its IO buffers.  The KV cache of layer i IS
@@ -289,7 +290,7 @@ struct tpc_model {
   int prefix_len;
   int32_t *prefix_tokens;
 
-  /* 9. multi-device (num_device > 1): per-net layout plans, KV shares */
+  /* 10. multi-device (num_device > 1): per-net layout plans, KV shares */
   int md;
   tpc_net_plan *plans;          /* [num_nets], in net_names order */
   const tpc_net_plan *p_emb, *p_embc, *p_lm;
@@ -298,6 +299,22 @@ struct tpc_model {
   int md_own_kv;
   unsigned char *md_host;       /* host bounce buffer for cross-device copies */
   size_t md_host_bytes;
+  /* 8. vision (all zero for text-only bmodels) */
+  net_t vit;
+  int *is_cross;            /* [num_layers]: 1 for cross-attention layers */
+  tpc_vision_desc vd;
+  size_t xkv_bytes;         /* bytes of one cross layer's image K (or V) */
+  size_t img_states_bytes;
+  bmapi_mem_t img_states;   /* our copy of the vit output */
+  bmapi_mem_t xhidden_in, xhidden_out; /* hidden rows around a prefill cross layer */
+  bmapi_mem_t xmask_prefill, row_mask, xmask_decode;
+  int xrows;                /* rows of the cross prefill nets */
+  unsigned short *xbuf;     /* host scratch for cross masks */
+  void *pix_buf;            /* host scratch when the vit takes half floats */
+  int *img_tiles;           /* used tiles of the held image */
+  int img_loaded, img_gen;
+  int want_img_pos;         /* image token of the next prefill (-1 text only) */
+  int seq_img_pos, seq_img_gen; /* what the cached rows were computed with */
 };
 
 static int md_prepare(tpc_model *m);
@@ -343,6 +360,8 @@ static size_t shape_count(const bmapi_shape_t *s, int from) {
 static int per_device(net_t n, int count, int num_device) {
   return num_device > 1 ? count / num_device : count;
 }
+
+static int describe_vision(tpc_model *m);
 
 static int describe_nets(tpc_model *m) {
   tpc_desc *d = &m->d;
@@ -479,7 +498,7 @@ static int describe_nets(tpc_model *m) {
   m->kv_row_bytes = shape_count(hk, 2) * (size_t)dtype_size(c0->input_dtypes[3]);
   m->esize = dtype_size(d->float_dtype);
   m->hidden_bytes = (size_t)d->hidden_size * (size_t)m->esize;
-  return TPC_OK;
+  return describe_vision(m);
 }
 
 /* ------------------------------------------------------------------ */
@@ -840,6 +859,11 @@ static void end_call(tpc_model *m) {
   m->timing.host_us = m->timing.total_us - m->device_us;
 }
 
+static int upload_cross_masks(tpc_model *m, int n, int rows);
+static int cross_prefill_layer(tpc_model *m, int layer, int rows, bmapi_mem_t *hidden);
+static int cross_decode_layer(tpc_model *m, int layer, bmapi_mem_t *hidden);
+static int image_checks(tpc_model *m, int n, int *lcp, int pinned);
+
 static int prefill_impl(tpc_model *m, const int *ids, int n, int need_head, int *next_token) {
   tpc_desc *d = &m->d;
   if (!ids || n < 1) return fail(m, TPC_E_ARG, "prefill needs at least one token");
@@ -886,8 +910,16 @@ static int prefill_impl(tpc_model *m, const int *ids, int n, int need_head, int 
   }
 
   bmapi_mem_t hidden = eout[0].device_mem;
+  int image = m->seq_img_pos >= 0, reupload = 0;
+  if (image && (rc = upload_cross_masks(m, n, rows))) return rc;
   for (int i = 0; i < d->num_layers; i++) {
     net_t b = m->block[i];
+    if (m->is_cross && m->is_cross[i]) {
+      if (!image) continue; /* text only: transformers skips these layers */
+      if ((rc = cross_prefill_layer(m, i, rows, &hidden))) return rc;
+      reupload = 1; /* the cross net may have overwritten the shared IO we reuse */
+      continue;
+    }
     own_tensors(b, stage, in, out);
     if (d->is_dynamic) {
       set_len(&in[0].shape, n);
@@ -896,7 +928,8 @@ static int prefill_impl(tpc_model *m, const int *ids, int n, int need_head, int 
     }
     if (m->direct_io) {
       in[0].device_mem = hidden;
-      if (i == 0) {
+      if (i == 0 || reupload) {
+        reupload = 0;
         if ((rc = upload(m, pos_mem, 0, m->ids_buf, sizeof(int32_t) * (size_t)rows, "position ids"))) return rc;
         if (d->prefill_has_mask &&
             (rc = upload(m, mask_mem, 0, m->mask_buf, (size_t)mask_rows * mask_cols * 2, "prefill mask")))
@@ -962,6 +995,10 @@ static void note_prefill_cost(tpc_model *m, int n) {
 
 int tpc_prefill(tpc_model *m, const int *ids, int n, int *next_token) {
   if (!m) return TPC_E_ARG;
+  int none = 0, rc0 = ids && n >= 1 ? image_checks(m, n, &none, 0) : TPC_OK;
+  if (rc0) return rc0;
+  m->seq_img_pos = m->want_img_pos;
+  m->seq_img_gen = m->img_gen;
   begin_call(m);
   m->position = 0;
   int rc = prefill_impl(m, ids, n, 1, next_token);
@@ -1061,8 +1098,12 @@ int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
   int plcp = 0, plimit = m->prefix_len < n ? m->prefix_len : n;
   while (plcp < plimit && m->prefix_tokens[plcp] == ids[plcp]) plcp++;
   int restore = plcp > lcp; /* the pinned copy holds more of this prompt than the cache */
+  /* Pinned rows were computed text-only: they stand for rows before an image token only. */
+  if (restore && m->want_img_pos >= 0 && plcp > m->want_img_pos) restore = 0;
   if (restore) lcp = plcp;
   if (lcp == n) lcp = n - 1; /* the last prompt token is fed again for its logits */
+  int rc_img = image_checks(m, n, &lcp, restore);
+  if (rc_img) return rc_img;
   /* A fresh start prefills up to seq_len tokens and appends the rest.
    * Appending costs one decode step per token (or one block_kv launch per
    * chunk, always cheaper than recomputing); a static prefill costs about
@@ -1070,6 +1111,11 @@ int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
   int fresh_len = n <= d->seq_len ? n : d->seq_len;
   double cost_fresh = prefill_cost(m, fresh_len) + (double)(n - fresh_len) * decode_cost(m);
   int use_append = lcp > 0 && (d->has_block_kv || (double)(n - lcp) * decode_cost(m) < cost_fresh);
+  if (m->want_img_pos >= fresh_len && !use_append)
+    return fail(m, TPC_E_ARG, "the image token at position %d must lie within the first %d tokens (the prefill length)",
+                m->want_img_pos, fresh_len);
+  m->seq_img_pos = m->want_img_pos;
+  m->seq_img_gen = m->img_gen;
   begin_call(m);
   int rc;
   if (use_append) {
@@ -1140,6 +1186,11 @@ static int decode_impl(tpc_model *m, int token, int need_head, int *next_token) 
   bmapi_mem_t hidden = eout[0].device_mem;
   for (int i = 0; i < d->num_layers; i++) {
     net_t c = m->block_cache[i];
+    if (m->is_cross && m->is_cross[i]) {
+      if (m->seq_img_pos < 0) continue; /* text only */
+      if ((rc = cross_decode_layer(m, i, &hidden))) return rc;
+      continue;
+    }
     own_tensors(c, m->cache_stage, in, out);
     in[3].device_mem = m->kv_k[i];
     in[4].device_mem = m->kv_v[i];
@@ -1267,7 +1318,10 @@ int tpc_pin_prefix(tpc_model *m, const int *ids, int n) {
                 m->d.kv_len);
   int32_t *toks = malloc(sizeof(int32_t) * (size_t)n);
   if (!toks) return fail(m, TPC_E_NOMEM, "out of host memory");
-  int next, rc = tpc_prefill_reuse(m, ids, n, &next); /* computes only what is not cached yet */
+  int want = m->want_img_pos, next;
+  m->want_img_pos = -1; /* the pinned rows are text: they serve any prompt up to its image token */
+  int rc = tpc_prefill_reuse(m, ids, n, &next); /* computes only what is not cached yet */
+  m->want_img_pos = want;
   if (rc) {
     free(toks);
     return rc;
@@ -1308,8 +1362,367 @@ int tpc_pin_prefix(tpc_model *m, const int *ids, int n) {
 int tpc_pinned_prefix(const tpc_model *m) { return m ? m->prefix_len : 0; }
 
 /* ------------------------------------------------------------------ */
+/* 8. vision                                                            */
+/* ------------------------------------------------------------------ */
+/*
+ * Llama-3.2-Vision as llm_convert compiles it:
+ *   vit            pixel_values f32 [T,3,H,W], aspect_ratio_ids [1,1],
+ *                  aspect_ratio_mask [1,1,T] -> image states [T,P,hidden]
+ *   block_N        (cross) hidden [1,S,h], image states, text_row_mask [1,S,1],
+ *                  mask [1,1,S,T*P] -> hidden, image K, image V [1,heads,T*P,d]
+ *   block_cache_N  (cross) hidden [1,1,h], mask [1,1,1,T*P], image K, image V
+ *                  -> hidden
+ * Masks follow transformers: a row from the image token on sees the patches
+ * of the used tiles (0) and not the padding tiles (-10000); an earlier row
+ * sees no tile, which transformers turns into an all-0 row, and its MLP
+ * output is dropped by text_row_mask 0.  The image K/V of a cross layer is
+ * the history of its decode net (its own IO with io_alone, else ours).
+ * Prefill cross nets share IO memory with the other prefill nets (basic
+ * addressing), so their hidden rows pass through our own buffers and the
+ * self-attention inputs we reuse are uploaded again after them.
+ */
+
+static unsigned short half_one(int dtype) { return dtype == BMAPI_BF16 ? 0x3F80 : 0x3C00; }
+
+static unsigned short float_to_half(float f, int dtype) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if (dtype == BMAPI_BF16) {
+    if ((u & 0x7fffffff) > 0x7f800000) return 0x7fc0; /* NaN */
+    return (unsigned short)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+  }
+  uint32_t sign = (u >> 16) & 0x8000;
+  int exp = (int)((u >> 23) & 0xff) - 127 + 15;
+  uint32_t man = u & 0x7fffff;
+  if (exp >= 31) return (unsigned short)(sign | 0x7c00);
+  if (exp <= 0) {
+    if (exp < -10) return (unsigned short)sign;
+    man |= 0x800000;
+    uint32_t shift = (uint32_t)(14 - exp);
+    uint32_t h = man >> shift;
+    if ((man >> (shift - 1)) & 1) h++;
+    return (unsigned short)(sign | h);
+  }
+  uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13);
+  if (man & 0x1000) h++; /* round half up */
+  return (unsigned short)h;
+}
+
+static int is_cross_layer(tpc_model *m, int i) {
+  net_t b = m->block[i];
+  int nin = per_device(b, b->input_num, m->d.num_device);
+  /* Self-attention blocks take int32 position ids second; cross blocks the
+   * float image states. */
+  return nin >= 4 && is_float_dtype(b->input_dtypes[1]) && b->stages[0].input_shapes[1].num_dims == 3;
+}
+
+static int describe_vision(tpc_model *m) {
+  tpc_desc *d = &m->d;
+  tpc_vision_desc *v = &m->vd;
+  int L = d->num_layers, ncross = 0;
+  memset(v, 0, sizeof *v);
+  m->is_cross = calloc((size_t)L, sizeof(int));
+  if (!m->is_cross) return fail(m, TPC_E_NOMEM, "out of host memory");
+  for (int i = 0; i < L; i++) {
+    if (!is_cross_layer(m, i)) continue;
+    net_t c = m->block_cache[i];
+    int cin = per_device(c, c->input_num, d->num_device);
+    if (i == 0)
+      return fail(m, TPC_E_MODEL, "layer 0 is a cross-attention layer; tpuchat needs a self-attention layer first");
+    if (cin != 4 || c->output_num < 1 || m->block[i]->output_num < 3)
+      return fail(m, TPC_E_MODEL,
+                  "block_%d takes image states but block_cache_%d has %d inputs (want hidden, mask, "
+                  "image K, image V)", i, i, cin);
+    m->is_cross[i] = 1;
+    if (ncross < 64) v->cross_layers[ncross] = i;
+    ncross++;
+  }
+  v->num_cross_layers = ncross;
+  if (!ncross) {
+    free(m->is_cross);
+    m->is_cross = NULL;
+    return TPC_OK;
+  }
+  /* Cross layers cannot be fed by block_kv chunks: append by decode steps. */
+  d->has_block_kv = 0;
+  int xl = v->cross_layers[0];
+  const bmapi_shape_t *xk = &m->block_cache[xl]->stages[0].input_shapes[2];
+  const bmapi_shape_t *st = &m->block[xl]->stages[0].input_shapes[1];
+  m->xkv_bytes = shape_count(xk, 0) * (size_t)dtype_size(m->block_cache[xl]->input_dtypes[2]);
+  v->image_kv_bytes = (long long)ncross * 2 * (long long)m->xkv_bytes;
+  d->kv_cache_bytes = (long long)(L - ncross) * 2 * (long long)d->kv_len * (long long)m->kv_row_bytes +
+                      v->image_kv_bytes;
+  m->vit = find_net(m, "vit");
+  if (!m->vit) return TPC_OK; /* cross layers without a vision tower: text only */
+  net_t vit = m->vit;
+  const bmapi_shape_t *px = &vit->stages[0].input_shapes[0], *vo = &vit->stages[0].output_shapes[0];
+  if (vit->input_num < 3 || px->num_dims != 4 || vo->num_dims != 3)
+    return fail(m, TPC_E_MODEL, "the vit net does not take pixel_values [tiles,3,H,W], aspect_ratio_ids "
+                "and aspect_ratio_mask, or does not return [tiles, patches, hidden]");
+  v->tiles = px->dims[0];
+  v->channels = px->dims[1];
+  v->image_size = px->dims[2];
+  v->pixel_dtype = vit->input_dtypes[0];
+  v->patches = vo->dims[1];
+  if (vo->dims[0] != v->tiles || vo->dims[2] != d->hidden_size || st->dims[0] != v->tiles ||
+      st->dims[1] != v->patches || st->dims[2] != d->hidden_size)
+    return fail(m, TPC_E_MODEL, "vit output [%d,%d,%d] does not match block_%d's image states [%d,%d,%d]",
+                vo->dims[0], vo->dims[1], vo->dims[2], xl, st->dims[0], st->dims[1], st->dims[2]);
+  if (vit->output_dtypes[0] != m->block[xl]->input_dtypes[1])
+    return fail(m, TPC_E_MODEL, "vit output dtype %d differs from block_%d's image states dtype %d",
+                vit->output_dtypes[0], xl, m->block[xl]->input_dtypes[1]);
+  if (v->pixel_dtype != BMAPI_F32 && v->pixel_dtype != BMAPI_BF16 && v->pixel_dtype != BMAPI_F16)
+    return fail(m, TPC_E_MODEL, "vit pixel_values dtype %d is not a float type", v->pixel_dtype);
+  if (xk->dims[xk->num_dims - 2] != v->tiles * v->patches)
+    return fail(m, TPC_E_MODEL, "block_cache_%d's image K has %d rows, expected tiles x patches = %d", xl,
+                xk->dims[xk->num_dims - 2], v->tiles * v->patches);
+  m->img_states_bytes = shape_count(vo, 0) * (size_t)dtype_size(vit->output_dtypes[0]);
+  m->xrows = m->block[xl]->stages[0].input_shapes[0].dims[1];
+  v->has_vision = 1;
+  return TPC_OK;
+}
+
+static int alloc_cross_kv(tpc_model *m, int layer) {
+  if (m->direct_io) {
+    m->kv_k[layer] = m->block_cache[layer]->stages[0].input_mems[2];
+    m->kv_v[layer] = m->block_cache[layer]->stages[0].input_mems[3];
+    return TPC_OK;
+  }
+  m->own_kv = 1;
+  if (RT.malloc_device_byte(H(m), &m->kv_k[layer], (unsigned int)m->xkv_bytes) != 0 ||
+      RT.malloc_device_byte(H(m), &m->kv_v[layer], (unsigned int)m->xkv_bytes) != 0)
+    return fail(m, TPC_E_NOMEM, "not enough device memory for the image K/V of layer %d", layer);
+  return TPC_OK;
+}
+
+static int dev_alloc(tpc_model *m, bmapi_mem_t *mem, size_t bytes, const char *what) {
+  if (RT.malloc_device_byte(H(m), mem, (unsigned int)bytes) != 0) {
+    memset(mem, 0, sizeof *mem);
+    return fail(m, TPC_E_NOMEM, "not enough device memory for %s (%zu bytes)", what, bytes);
+  }
+  return TPC_OK;
+}
+
+static int alloc_vision(tpc_model *m) {
+  if (!m->vd.has_vision) return TPC_OK;
+  tpc_vision_desc *v = &m->vd;
+  size_t cols = (size_t)v->tiles * v->patches, rows = (size_t)m->xrows;
+  int rc;
+  if ((rc = dev_alloc(m, &m->img_states, m->img_states_bytes, "the image states")) ||
+      (rc = dev_alloc(m, &m->xhidden_in, rows * m->hidden_bytes, "hidden rows")) ||
+      (rc = dev_alloc(m, &m->xhidden_out, rows * m->hidden_bytes, "hidden rows")) ||
+      (rc = dev_alloc(m, &m->xmask_prefill, rows * cols * 2, "the cross-attention mask")) ||
+      (rc = dev_alloc(m, &m->row_mask, rows * 2, "the text row mask")) ||
+      (rc = dev_alloc(m, &m->xmask_decode, cols * 2, "the cross-attention mask")))
+    return rc;
+  m->xbuf = calloc(rows * cols + rows, sizeof(unsigned short));
+  m->img_tiles = calloc((size_t)v->tiles, sizeof(int));
+  if (v->pixel_dtype != BMAPI_F32)
+    m->pix_buf = calloc((size_t)v->tiles * v->channels * v->image_size * v->image_size, 2);
+  if (!m->xbuf || !m->img_tiles || (v->pixel_dtype != BMAPI_F32 && !m->pix_buf))
+    return fail(m, TPC_E_NOMEM, "out of host memory");
+  return TPC_OK;
+}
+
+static void free_vision(tpc_model *m) {
+  bmapi_mem_t *mems[] = {&m->img_states, &m->xhidden_in, &m->xhidden_out, &m->xmask_prefill, &m->row_mask,
+                         &m->xmask_decode};
+  for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++)
+    if (mems[i]->size && m->handles[0]) RT.free_device(H(m), *mems[i]);
+  free(m->is_cross);
+  free(m->xbuf);
+  free(m->img_tiles);
+  free(m->pix_buf);
+}
+
+/* Validate the image settings of a prefill of n ids and limit the reusable
+ * prefix *lcp to rows computed with the same image and image position. */
+/* Limit the reusable rows [0, *lcp) to those computed with the image state
+ * this prompt needs.  pinned: they come from the pinned (text-only) copy. */
+static int image_checks(tpc_model *m, int n, int *lcp, int pinned) {
+  int want = m->want_img_pos;
+  if (want >= 0) {
+    if (!m->img_loaded) return fail(m, TPC_E_ARG, "an image position was given but no image is set");
+    if (want >= n)
+      return fail(m, TPC_E_ARG, "the image token position %d is outside the %d-token prompt", want, n);
+    if (m->d.is_dynamic) return fail(m, TPC_E_MODEL, "images on dynamic (--dynamic) bmodels are not supported");
+  }
+  int same;
+  if (pinned) same = 1; /* text-only rows, all before the image token (checked by the caller) */
+  else if (want < 0) same = m->seq_img_pos < 0;
+  else same = m->seq_img_pos >= 0 && m->seq_img_gen == m->img_gen;
+  if (!same) {
+    *lcp = 0;
+  } else if (want >= 0) {
+    /* A moved image token: rows before both positions saw no tile either way. */
+    int lo = want < m->seq_img_pos ? want : m->seq_img_pos;
+    if (!pinned && want != m->seq_img_pos && *lcp > lo) *lcp = lo;
+    /* Decode nets have no text_row_mask: rows before the image token can
+     * only come from a prefill. */
+    if (*lcp < want) *lcp = 0;
+  }
+  return TPC_OK;
+}
+
+static int upload_cross_masks(tpc_model *m, int n, int rows) {
+  tpc_vision_desc *v = &m->vd;
+  int xl = v->cross_layers[0], cols = v->tiles * v->patches, pos = m->seq_img_pos, rc;
+  net_t b = m->block[xl];
+  if (rows != m->xrows)
+    return fail(m, TPC_E_MODEL, "cross-attention block_%d takes %d rows but the prefill has %d", xl, m->xrows, rows);
+  int mdt = b->input_dtypes[3], rdt = b->input_dtypes[2];
+  unsigned short neg = mask_min(mdt), one = half_one(rdt);
+  unsigned short *xm = m->xbuf, *rm = m->xbuf + (size_t)rows * cols;
+  for (int i = 0; i < rows; i++) {
+    int sees = i >= pos && i < n;
+    rm[i] = sees ? one : 0;
+    unsigned short *row = xm + (size_t)i * cols;
+    for (int t = 0; t < v->tiles; t++) {
+      unsigned short val = sees && !m->img_tiles[t] ? neg : 0;
+      for (int p = 0; p < v->patches; p++) row[t * v->patches + p] = val;
+    }
+  }
+  if ((rc = upload(m, m->xmask_prefill, 0, xm, (size_t)rows * cols * 2, "cross-attention mask")) ||
+      (rc = upload(m, m->row_mask, 0, rm, (size_t)rows * 2, "text row mask")))
+    return rc;
+  return TPC_OK;
+}
+
+static int cross_prefill_layer(tpc_model *m, int layer, int rows, bmapi_mem_t *hidden) {
+  net_t b = m->block[layer];
+  bmapi_tensor_t in[8], out[8];
+  int rc;
+  own_tensors(b, 0, in, out);
+  if (in[0].shape.dims[1] != rows)
+    return fail(m, TPC_E_MODEL, "cross-attention block_%d takes %d rows, the prefill has %d", layer,
+                in[0].shape.dims[1], rows);
+  size_t hb = (size_t)rows * m->hidden_bytes;
+  if ((rc = copy_d2d(m, m->xhidden_in, 0, *hidden, 0, hb, "hidden rows"))) return rc;
+  in[0].device_mem = m->xhidden_in;
+  in[1].device_mem = m->img_states;
+  in[2].device_mem = m->row_mask;
+  in[3].device_mem = m->xmask_prefill;
+  out[0].device_mem = m->xhidden_out;
+  out[1].device_mem = m->kv_k[layer];
+  out[2].device_mem = m->kv_v[layer];
+  if ((rc = launch(m, b, in, out))) return rc;
+  *hidden = m->xhidden_out;
+  return TPC_OK;
+}
+
+static int cross_decode_layer(tpc_model *m, int layer, bmapi_mem_t *hidden) {
+  net_t c = m->block_cache[layer];
+  bmapi_tensor_t in[8], out[8];
+  int rc;
+  own_tensors(c, 0, in, out);
+  if (m->direct_io) {
+    in[0].device_mem = *hidden;
+  } else if ((rc = copy_d2d(m, in[0].device_mem, 0, *hidden, 0, m->hidden_bytes, "hidden state"))) {
+    return rc;
+  }
+  in[1].device_mem = m->xmask_decode;
+  in[2].device_mem = m->kv_k[layer];
+  in[3].device_mem = m->kv_v[layer];
+  if ((rc = launch(m, c, in, out))) return rc;
+  *hidden = out[0].device_mem;
+  return TPC_OK;
+}
+
+int tpc_describe_vision(const tpc_model *m, tpc_vision_desc *out) {
+  if (!m || !out) return TPC_E_ARG;
+  *out = m->vd;
+  return TPC_OK;
+}
+
+int tpc_set_image(tpc_model *m, const float *pixels, int tiles, int size, int aspect_ratio_id,
+                  const int *aspect_ratio_mask) {
+  if (!m) return TPC_E_ARG;
+  tpc_vision_desc *v = &m->vd;
+  if (!v->has_vision)
+    return fail(m, TPC_E_ARG, "this bmodel has no vision encoder (no vit net with cross-attention layers): "
+                "it cannot take images");
+  if (!pixels || !aspect_ratio_mask) return fail(m, TPC_E_ARG, "no pixel values given");
+  if (tiles != v->tiles || size != v->image_size)
+    return fail(m, TPC_E_ARG, "the image was preprocessed to %d tiles of %d px but this bmodel takes %d tiles of %d px",
+                tiles, size, v->tiles, v->image_size);
+  int used = 0;
+  for (int t = 0; t < tiles; t++) used += aspect_ratio_mask[t] != 0;
+  if (!used || aspect_ratio_id < 0) return fail(m, TPC_E_ARG, "the image has no tile");
+  begin_call(m);
+  net_t vit = m->vit;
+  bmapi_tensor_t in[4], out[2];
+  own_tensors(vit, 0, in, out);
+  size_t count = (size_t)tiles * v->channels * size * size;
+  int rc;
+  if (v->pixel_dtype == BMAPI_F32) {
+    rc = upload(m, in[0].device_mem, 0, pixels, count * 4, "pixel values");
+  } else {
+    unsigned short *h = m->pix_buf;
+    for (size_t i = 0; i < count; i++) h[i] = float_to_half(pixels[i], v->pixel_dtype);
+    rc = upload(m, in[0].device_mem, 0, h, count * 2, "pixel values");
+  }
+  int32_t arid = aspect_ratio_id, armask[64];
+  for (int t = 0; t < tiles && t < 64; t++) armask[t] = aspect_ratio_mask[t] != 0;
+  if (!rc) rc = upload(m, in[1].device_mem, 0, &arid, 4, "aspect ratio id");
+  if (!rc) rc = upload(m, in[2].device_mem, 0, armask, sizeof(int32_t) * (size_t)(tiles < 64 ? tiles : 64),
+                       "aspect ratio mask");
+  if (!rc) rc = launch(m, vit, in, out);
+  if (!rc) rc = sync_device(m);
+  /* Later launches reuse the vit's output memory: copy the states away now. */
+  if (!rc) rc = copy_d2d(m, m->img_states, 0, out[0].device_mem, 0, m->img_states_bytes, "image states");
+  if (!rc) {
+    int cols = tiles * v->patches;
+    unsigned short neg = mask_min(m->block_cache[v->cross_layers[0]]->input_dtypes[1]);
+    for (int t = 0; t < tiles; t++) {
+      m->img_tiles[t] = aspect_ratio_mask[t] != 0;
+      for (int p = 0; p < v->patches; p++) m->xbuf[t * v->patches + p] = m->img_tiles[t] ? 0 : neg;
+    }
+    rc = upload(m, m->xmask_decode, 0, m->xbuf, (size_t)cols * 2, "cross-attention mask");
+  }
+  if (!rc) rc = sync_device(m);
+  /* The cached rows (and embedding_cache's input, in shared IO) belong to
+   * the previous image or to none. */
+  m->position = 0;
+  m->token_on_device = 0;
+  m->img_gen++;
+  m->img_loaded = rc == TPC_OK;
+  end_call(m);
+  return rc;
+}
+
+int tpc_set_image_pos(tpc_model *m, int image_pos) {
+  if (!m) return TPC_E_ARG;
+  if (image_pos < -1) return fail(m, TPC_E_ARG, "bad image position %d", image_pos);
+  if (image_pos >= 0 && !m->vd.has_vision)
+    return fail(m, TPC_E_ARG, "this bmodel has no vision encoder (no vit net with cross-attention layers): "
+                "it cannot take images");
+  m->want_img_pos = image_pos;
+  return TPC_OK;
+}
+
+int tpc_image_states(tpc_model *m, float *out, int n) {
+  if (!m || !out) return TPC_E_ARG;
+  if (!m->img_loaded) return fail(m, TPC_E_ARG, "no image is set");
+  int dt = m->vit->output_dtypes[0], es = dtype_size(dt);
+  size_t count = m->img_states_bytes / (size_t)es;
+  if ((size_t)n < count) return fail(m, TPC_E_ARG, "buffer too small for %zu image states", count);
+  void *raw = malloc(m->img_states_bytes);
+  if (!raw) return fail(m, TPC_E_NOMEM, "out of host memory");
+  int rc = download(m, raw, m->img_states, 0, m->img_states_bytes, "image states");
+  if (!rc)
+    for (size_t i = 0; i < count; i++)
+      out[i] = es == 4 ? ((float *)raw)[i] : half_to_float(((unsigned short *)raw)[i], dt);
+  free(raw);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* open / close / inspection                                            */
 /* ------------------------------------------------------------------ */
+
+static int alloc_cross_kv(tpc_model *m, int layer);
+static int alloc_vision(tpc_model *m);
+static void free_vision(tpc_model *m);
 
 static int alloc_state(tpc_model *m) {
   tpc_desc *d = &m->d;
@@ -1339,6 +1752,11 @@ static int alloc_state(tpc_model *m) {
   }
   size_t bytes = (size_t)d->kv_len * m->kv_row_bytes;
   for (int i = 0; i < L; i++) {
+    if (m->is_cross && m->is_cross[i]) {
+      int rc = alloc_cross_kv(m, i);
+      if (rc) return rc;
+      continue;
+    }
     if (m->direct_io) {
       m->kv_k[i] = m->block_cache[i]->stages[m->cache_stage].input_mems[3];
       m->kv_v[i] = m->block_cache[i]->stages[m->cache_stage].input_mems[4];
@@ -1350,7 +1768,7 @@ static int alloc_state(tpc_model *m) {
                     d->kv_cache_bytes >> 20);
     }
   }
-  return TPC_OK;
+  return alloc_vision(m);
 }
 
 /* Open a bmodel; with `handle` the model uses that device handle (it stays
@@ -1396,6 +1814,7 @@ static int open_model(const char *bmodel_path, const int *devids, int num_devids
   }
   m->mask_zeros = -1;
   m->shared_neuron = mem != NULL;
+  m->want_img_pos = m->seq_img_pos = -1;
   int rc = TPC_OK;
   if (handle) {
     m->handles[0] = handle;
@@ -1468,6 +1887,7 @@ void tpc_close(tpc_model *m) {
   }
   if (m->prefix_mem.size) RT.free_device(H(m), m->prefix_mem);
   free(m->prefix_tokens);
+  free_vision(m);
   if (m->rt) RT.destroy(m->rt);
   for (int i = 0; i < m->num_handles && !m->borrowed_handles; i++)
     if (m->handles[i]) RT.dev_free(m->handles[i]);
@@ -1531,7 +1951,7 @@ int tpc_device_stat_at(const tpc_model *m, int index, tpc_device_stat *out) {
 }
 
 /* ------------------------------------------------------------------ */
-/* 8. multi-device layout plan (pure: a description in, a plan out)     */
+/* 9. multi-device layout plan (pure: a description in, a plan out)     */
 /* ------------------------------------------------------------------ */
 
 static int net_kind(const char *name) {
@@ -1790,7 +2210,7 @@ done:
 }
 
 /* ------------------------------------------------------------------ */
-/* 9. multi-device execution (follows the plans of section 8)          */
+/* 10. multi-device execution (follows the plans of section 9)         */
 /* ------------------------------------------------------------------ */
 /*
  * Not verified on hardware: the simulator has one device.  What runs here
@@ -2192,7 +2612,7 @@ static void md_free(tpc_model *m) {
 }
 
 /* ------------------------------------------------------------------ */
-/* 10. model families: one weight area for bmodels of the same weights  */
+/* 11. model families: one weight area for bmodels of the same weights */
 /* ------------------------------------------------------------------ */
 
 #define MAX_MEMBERS 8

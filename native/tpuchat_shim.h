@@ -256,5 +256,40 @@ int tpc_family_get_info(const tpc_family *f, tpc_family_info *out);
 const char *tpc_family_error(const tpc_family *f);
 void tpc_family_close(tpc_family *f);
 
+/* Vision (Llama-3.2-Vision style bmodels).  A `vit` net turns one image
+ * (f32 pixel_values [tiles, 3, size, size], an aspect-ratio id and a mask of
+ * used tiles) into image states [tiles, patches, hidden]; cross-attention
+ * layers are block_N / block_cache_N whose inputs take those states
+ * (prefill: and output their K/V) or that K/V as history (decode).  Which
+ * layers they are is read from the nets' inputs. */
+typedef struct {
+  int has_vision;       /* a vit net and at least one cross-attention layer */
+  int tiles;            /* tiles the vit takes (pixel_values dim 0) */
+  int channels;
+  int image_size;       /* tile edge in pixels */
+  int pixel_dtype;      /* dtype code of pixel_values */
+  int patches;          /* image states per tile */
+  int num_cross_layers;
+  int cross_layers[64]; /* their layer indices (the first 64) */
+  long long image_kv_bytes; /* device bytes of the image K/V of all cross layers */
+} tpc_vision_desc;
+int tpc_describe_vision(const tpc_model *m, tpc_vision_desc *out);
+
+/* Run the vit on one image and keep its states on the device, replacing the
+ * previous image; the cached sequence is forgotten (its rows saw the old
+ * image).  aspect_ratio_mask has `tiles` entries, 1 per used tile.
+ * tpc_last_timing() then tells the vit's time. */
+int tpc_set_image(tpc_model *m, const float *pixel_values, int tiles, int size,
+                  int aspect_ratio_id, const int *aspect_ratio_mask);
+/* Where the image token sits in the ids of the following prefills: rows from
+ * image_pos on attend to the image's used tiles (earlier rows to no tile);
+ * -1 = a text-only sequence, whose prefill and decode skip the
+ * cross-attention layers.  prefill_reuse keeps cached rows only when they
+ * were computed with the same image and an image_pos that does not change
+ * them. */
+int tpc_set_image_pos(tpc_model *m, int image_pos);
+/* The held image states as floats (tiles * patches * hidden). */
+int tpc_image_states(tpc_model *m, float *out, int n);
+
 /* cdef-end */
 #endif

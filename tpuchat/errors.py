@@ -49,6 +49,12 @@ class TokenizerError(TpuchatError):
     exit_code = 9
 
 
+class ImageError(TpuchatError):
+    """An image the model cannot take: no vision encoder, wrong preprocessing, bad position."""
+
+    exit_code = 10
+
+
 ERROR_TYPES = {
     cls.__name__: cls
     for cls in (
@@ -60,6 +66,7 @@ ERROR_TYPES = {
         ContextFull,
         EngineCrashed,
         TokenizerError,
+        ImageError,
     )
 }
 

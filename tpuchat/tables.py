@@ -8,6 +8,16 @@ def _mb(n: int) -> str:
     return f"{n / (1 << 20):.1f} MB"
 
 
+def _vision_text(desc: dict) -> str:
+    if desc.get("has_vision"):
+        return (f"images: {desc['vision_tiles']} tiles of {desc['image_size']} px "
+                f"({desc['image_patches']} patches each); cross-attention layers "
+                f"{', '.join(map(str, desc['cross_layers']))}; image K/V {_mb(desc['image_kv_bytes'])}")
+    if desc.get("cross_layers"):
+        return f"cross-attention layers {desc['cross_layers']} but no vit net: text only"
+    return "no (text only)"
+
+
 def print_model_table(desc: dict, show_nets: bool = False) -> None:
     c = Console()
     t = Table(show_header=False, box=None, pad_edge=False)
@@ -32,6 +42,7 @@ def print_model_table(desc: dict, show_nets: bool = False) -> None:
         ("KV cache size", _mb(desc["kv_cache_bytes"])),
         ("devices needed", str(desc["num_device"])),
     ]
+    rows.append(("vision", _vision_text(desc)))
     for d in desc.get("devices", []):
         mem = "memory unknown (simulator)" if d["mem_total_mb"] <= 0 else f"{d['mem_used_mb']} / {d['mem_total_mb']} MB used"
         rows.append((f"device {d['devid']}", mem))

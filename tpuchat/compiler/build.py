@@ -38,7 +38,8 @@ from . import toolchain
 HERE = Path(__file__).resolve().parent
 TINYMODELS = HERE / "tinymodels.py"
 REFERENCE = HERE / "reference.py"
-BUILDER_SOURCES = (HERE / "toolchain.py", TINYMODELS, HERE / "build.py")
+CONVERT_DRIVER = HERE / "convert_driver.py"
+BUILDER_SOURCES = (HERE / "toolchain.py", TINYMODELS, HERE / "build.py", CONVERT_DRIVER)
 
 SEQ_LENGTH = 256
 CHIP = "bm1684x"
@@ -54,7 +55,7 @@ class BuildError(RuntimeError):
 @dataclass(frozen=True)
 class Variant:
     name: str
-    arch: str  # qwen2 | llama
+    arch: str  # qwen2 | llama | mllama
     dtype: str  # dtype of the source model: bf16 | f16
     quantize: str  # llm_convert -q
     seq_length: int = SEQ_LENGTH
@@ -79,6 +80,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     # Same weights as qwen2-bf16 with a shorter KV length: a weight-sharing family (--model a,b).
     Variant("qwen2-s128", "qwen2", "bf16", "bf16", seq_length=128),
     Variant("llama-bf16", "llama", "bf16", "bf16"),
+    # Llama-3.2-Vision: a vit net and cross-attention layers (S 128 keeps the simulator quick).
+    Variant("mllama", "mllama", "bf16", "bf16", seq_length=128),
     # For the wrong-chip error: a real bmodel the BM1684X runtime must refuse.
     Variant("qwen2-bm1688", "qwen2", "bf16", "bf16", chip="bm1688"),
     # A 2-device bmodel (TPU-MLIR 1.24; 1.30.2 cannot compile --num_device 2).
@@ -235,7 +238,7 @@ def build(name: str) -> Path:
         _log(f"compiling {v.name}: llm_convert {' '.join(args)}")
         t0 = time.monotonic()
         try:
-            _run_logged([str(tc.llm_convert), *args], log_path, _venv_env(tc), tmp, timeout=1800)
+            _run_logged(_convert_command(tc, v, args), log_path, _venv_env(tc), tmp, timeout=1800)
             seconds = round(time.monotonic() - t0, 2)
             bmodel = _collect_outputs(tmp, src, log_path)
             if v.toolchain == "multidev":
@@ -265,6 +268,13 @@ def build(name: str) -> Path:
     return final
 
 
+def _convert_command(tc: toolchain.Toolchain, v: Variant, args: list[str]) -> list[str]:
+    """llm_convert itself, or for vision models our driver around it (see convert_driver.py)."""
+    if v.arch == "mllama":
+        return [str(tc.python), str(CONVERT_DRIVER), *args]
+    return [str(tc.llm_convert), *args]
+
+
 def _collect_outputs(out: Path, src: Path, log_path: Path) -> Path:
     """Tidy llm_convert's output dir: one stable-named bmodel + config/."""
     bmodels = sorted(out.glob("*.bmodel"))
@@ -286,7 +296,7 @@ def _collect_outputs(out: Path, src: Path, log_path: Path) -> Path:
     config = out / "config"
     config.mkdir(exist_ok=True)
     for fname in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json",
-                  "special_tokens_map.json"):
+                  "special_tokens_map.json", "preprocessor_config.json"):
         if (src / fname).exists() and not (config / fname).exists():
             shutil.copy2(src / fname, config / fname)
     for fname in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):
@@ -361,6 +371,30 @@ def reference(name: str, ids_list: list[list[int]], max_new_tokens: int, logits:
     requests = [{"ids": ids, "max_new_tokens": int(max_new_tokens), "logits": bool(logits), "quant": quant}
                 for ids in ids_list]
     proc = subprocess.run([str(tc.python), "-I", str(REFERENCE), str(src)],
+                          input=json.dumps(requests), capture_output=True, text=True,
+                          env=_venv_env(tc), timeout=1800)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise BuildError(f"reference.py failed ({proc.returncode}) for {name}\n{tail}")
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    cache.parent.mkdir(exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(results))
+    os.replace(tmp, cache)
+    return results
+
+
+def reference_requests(name: str, requests: list[dict]) -> list[dict]:
+    """reference.py's results for raw requests (e.g. with an image for mllama variants:
+    see reference.py), cached per request list."""
+    key = _sha(REFERENCE.read_bytes(), json.dumps(requests, sort_keys=True))
+    cache = build(name) / "reference" / f"{key}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    tc = toolchain.ensure(log=_log)
+    proc = subprocess.run([str(tc.python), "-I", str(REFERENCE), str(model_source_dir(name))],
                           input=json.dumps(requests), capture_output=True, text=True,
                           env=_venv_env(tc), timeout=1800)
     if proc.returncode != 0:

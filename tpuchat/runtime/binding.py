@@ -121,6 +121,13 @@ class ModelDesc:
     kv_cache_bytes: int
     nets: List[str]
     devices: List[DeviceStat] = field(default_factory=list)
+    # Vision (Llama-3.2-Vision style): read from the vit net and the layers' inputs.
+    has_vision: bool = False
+    vision_tiles: int = 0  # tiles the vit takes per image
+    image_size: int = 0  # tile edge in pixels
+    image_patches: int = 0  # image states per tile
+    cross_layers: List[int] = field(default_factory=list)  # cross-attention layer indices
+    image_kv_bytes: int = 0  # device bytes of the image K/V of all cross layers
 
     @property
     def can_sample(self) -> bool:
@@ -212,6 +219,36 @@ class Model:
     def reset(self) -> None:
         self._check(self._lib.tpc_reset(self._m))
 
+    # -- vision ----------------------------------------------------------
+    def set_image(self, pixel_values: bytes, tiles: int, size: int, aspect_ratio_id: int,
+                  aspect_ratio_mask: Sequence[int]) -> float:
+        """Run the vit on one preprocessed image (f32 [tiles,3,size,size] bytes) and keep
+        its states on the device; returns the call's wall time in seconds."""
+        want = tiles * 3 * size * size * 4
+        if len(pixel_values) != want:
+            raise TpuchatError(f"pixel values hold {len(pixel_values)} bytes, expected {want} "
+                               f"(float32 [{tiles}, 3, {size}, {size}])")
+        px = self._ffi.from_buffer("float[]", pixel_values)
+        mask = self._ffi.new("int[]", [int(x) for x in aspect_ratio_mask] + [0] * max(0, tiles - len(aspect_ratio_mask)))
+        self._check(self._lib.tpc_set_image(self._m, px, tiles, size, int(aspect_ratio_id), mask))
+        self._lib.tpc_last_timing(self._m, self._timing)
+        return self._timing.total_us / 1e6
+
+    def set_image_pos(self, image_pos: int) -> None:
+        """Index of the image token in the next prompts' ids; -1 for text only."""
+        self._check(self._lib.tpc_set_image_pos(self._m, int(image_pos)))
+
+    def image_states(self) -> List[float]:
+        """The held image states (the vit output) as floats, [tiles, patches, hidden] flattened."""
+        v = self._ffi.new("tpc_vision_desc *")
+        self._lib.tpc_describe_vision(self._m, v)
+        d = self._ffi.new("tpc_desc *")
+        self._lib.tpc_describe(self._m, d)
+        n = v.tiles * v.patches * d.hidden_size
+        buf = self._ffi.new("float[]", max(1, n))
+        self._check(self._lib.tpc_image_states(self._m, buf, n))
+        return list(buf)[:n]
+
     @property
     def position(self) -> int:
         return self._lib.tpc_position(self._m)
@@ -298,7 +335,20 @@ class Model:
             kv_cache_bytes=d.kv_cache_bytes,
             nets=names,
             devices=devices,
+            **self._vision_fields(),
         )
+
+    def _vision_fields(self) -> dict:
+        v = self._ffi.new("tpc_vision_desc *")
+        self._lib.tpc_describe_vision(self._m, v)
+        return {
+            "has_vision": bool(v.has_vision),
+            "vision_tiles": v.tiles,
+            "image_size": v.image_size,
+            "image_patches": v.patches,
+            "cross_layers": [v.cross_layers[i] for i in range(min(v.num_cross_layers, 64))],
+            "image_kv_bytes": v.image_kv_bytes,
+        }
 
     def close(self) -> None:
         if getattr(self, "_borrowed_handle", False):

@@ -5,6 +5,7 @@ If the worker dies, the caller gets EngineCrashed with the exit reason and
 the tail of the log; the next request starts a fresh worker.
 """
 
+import dataclasses
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 from ..errors import ERROR_TYPES, EngineCrashed, TpuchatError
 from ..paths import state_dir
+from .image_inputs import ImageInputs
 
 
 @dataclass
@@ -61,6 +63,8 @@ class EngineClient:
         self._gen = 0  # id of the latest generation
         # cancel() comes from other threads (UI, HTTP handlers) while one reads.
         self._send_lock = threading.Lock()
+        # Digest of the image the worker's engine holds: its pixels are not sent again.
+        self._worker_image: Optional[str] = None
 
     # -- process management ----------------------------------------------
     def _start(self) -> None:
@@ -88,6 +92,7 @@ class EngineClient:
             child_sock.close()
             log.close()
         self._conn = Connection(parent_sock.detach())
+        self._worker_image = None
 
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -208,24 +213,33 @@ class EngineClient:
     def generate(
         self, ids: Sequence[int], max_new_tokens: int = 256, stop_ids: Sequence[int] = (),
         sampling: Optional[dict] = None, reuse: bool = True,
+        image: Optional[ImageInputs] = None, image_pos: Optional[int] = None,
     ) -> Iterator[Union[TokenEvent, DoneEvent]]:
         """Stream one answer (greedy, or sampled with `sampling`: see
-        Engine.generate).  Abandoning the iterator early cancels the
-        generation and drops its remaining events."""
+        Engine.generate; `image`/`image_pos` for vision bmodels, likewise).
+        Abandoning the iterator early cancels the generation and drops its
+        remaining events."""
         self.ensure_open()
         if not self._alive():
             raise TpuchatError("no model is open")
         self._gen += 1
         gen = self._gen
+        sent_image = image
+        if image is not None and image.digest == self._worker_image:
+            sent_image = dataclasses.replace(image, pixel_values=b"")  # the worker holds it
         self._send("generate", {"ids": list(ids), "max_new_tokens": max_new_tokens,
                                 "stop_ids": list(stop_ids), "gen": gen, "sampling": sampling,
-                                "reuse": reuse})
+                                "reuse": reuse, "image": sent_image, "image_pos": image_pos})
+        if image is not None:
+            self._worker_image = image.digest
         finished = False
         try:
             while True:
                 ev, payload = self._recv()
                 if ev == "error":
                     finished = True
+                    if image is not None:
+                        self._worker_image = None  # the image may not have been set
                     self._raise_error(payload)
                 tag, value = payload
                 if tag != gen:
@@ -247,6 +261,15 @@ class EngineClient:
         """The model's greedy pick after the prompt and after each forced token."""
         self.ensure_open()
         self._send("forced_picks", {"ids": list(ids), "continuation": list(continuation)})
+        ev, payload = self._recv()
+        if ev == "error":
+            self._raise_error(payload)
+        return payload
+
+    def image_states(self) -> list:
+        """The worker's held image states (vit output) as floats."""
+        self.ensure_open()
+        self._send("image_states", {})
         ev, payload = self._recv()
         if ev == "error":
             self._raise_error(payload)

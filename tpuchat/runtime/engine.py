@@ -6,9 +6,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-from ..errors import PromptTooLong, TpuchatError
+from ..errors import ImageError, PromptTooLong, TpuchatError
 from .binding import Model, ModelDesc, load_runtime
 from .bmodel_file import check_bmodel_file
+from .image_inputs import ImageInputs
 from .libfind import RuntimeLocation, find_runtime
 
 
@@ -28,6 +29,8 @@ class GenerationStats:
     stop_reason: str = ""  # eos | max_tokens | context_full | cancelled
     bmodel: str = ""  # with --model a,b: the member that answered (file name)
     switch_s: float = 0.0  # time spent loading that member before this answer (0: it was loaded)
+    vit_s: float = 0.0  # time of the vit run for this answer's image (0: the held image was reused)
+    image_reused: bool = False  # the image K/V already on the device served this answer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,6 +43,7 @@ class Engine:
         from .weights import split_models
 
         self.family = None
+        self._image_digest: Optional[str] = None  # the image whose states the device holds
         paths = split_models(bmodel)
         if len(paths) > 1:
             self._open_family(paths, devids, lib_dir)
@@ -117,6 +121,7 @@ class Engine:
         if pick == self.family.active:
             return 0.0
         self.model = self.family.switch(pick)
+        self._image_digest = None  # the new member holds no image
         spent = self.family.last_switch_s
         pinned = getattr(self, "_pinned_ids", None)
         if pinned and len(pinned) < self.member_descs[pick].kv_len:
@@ -147,6 +152,8 @@ class Engine:
         should_stop: Optional[Callable[[], bool]] = None,
         sampling: Optional[dict] = None,
         reuse: bool = True,
+        image: Optional[ImageInputs] = None,
+        image_pos: Optional[int] = None,
     ) -> Iterator[int]:
         """Yield generated token ids (stop tokens are not yielded).
 
@@ -155,13 +162,19 @@ class Engine:
         repetition_penalty, penalty_window, seed).  With reuse, the KV rows
         of the longest prefix shared with what is cached are kept and only
         the rest is computed.  self.stats is complete once the iterator is
-        exhausted."""
+        exhausted.
+
+        image: the conversation's image (vision bmodels), image_pos: the
+        index of its image token in prompt_ids; rows from there on attend to
+        the image.  The vit runs only for an image whose digest differs from
+        the one held on the device.  None: a text-only prompt."""
         ids = list(prompt_ids)
         self.check_prompt(len(ids))
         switch_s = self._select(len(ids), max(0, max_new_tokens))
         self.set_sampling(sampling)
         stops = set(stop_ids)
         st = self.stats = GenerationStats(prompt_tokens=len(ids), bmodel=self._active_name(), switch_s=switch_s)
+        self._use_image(image, image_pos, len(ids), st)
         if max_new_tokens < 1:
             st.stop_reason = "max_tokens"
             return
@@ -231,6 +244,42 @@ class Engine:
             return self.desc.kv_len
         return self.member_descs[self.family.active].kv_len
 
+    def _use_image(self, image: Optional[ImageInputs], image_pos: Optional[int], n: int,
+                   st: GenerationStats) -> None:
+        if image is None:
+            if image_pos is not None:
+                raise ImageError("an image position was given without an image")
+            self.model.set_image_pos(-1)
+            return
+        d = self.desc
+        if not d.has_vision:
+            raise ImageError("this bmodel has no vision encoder (no vit net with cross-attention layers); "
+                             "it cannot take images")
+        if image_pos is None or not 0 <= image_pos < n:
+            raise ImageError(f"the image token position {image_pos} is not inside the {n}-token prompt")
+        if image.tiles != d.vision_tiles or image.size != d.image_size:
+            raise ImageError(f"the image was preprocessed to {image.tiles} tiles of {image.size} px, but this "
+                             f"bmodel takes {d.vision_tiles} tiles of {d.image_size} px")
+        if image.digest != self._image_digest:
+            if not image.pixel_values:
+                raise ImageError("the engine does not hold this image and no pixel values were sent")
+            self._image_digest = None
+            st.vit_s = self.model.set_image(image.pixel_values, image.tiles, image.size,
+                                            image.aspect_ratio_id, image.aspect_ratio_mask)
+            self._image_digest = image.digest
+        else:
+            st.image_reused = True
+        self.model.set_image_pos(image_pos)
+
+    @property
+    def image_digest(self) -> Optional[str]:
+        """Digest of the image whose states the device holds (None: none)."""
+        return self._image_digest
+
+    def image_states(self) -> list:
+        """The held image's vit output as floats ([tiles, patches, hidden] flattened)."""
+        return self.model.image_states()
+
     def set_sampling(self, sampling: Optional[dict]) -> None:
         if not sampling or not sampling.get("sample"):
             self.model.set_sampling(sample=False)
@@ -249,6 +298,7 @@ class Engine:
         self.check_prompt(len(ids))
         self._select(len(ids), len(continuation))
         self.model.rewind(0)
+        self.model.set_image_pos(-1)
         picks = [self.model.prefill_reuse(ids)]
         for tok in list(continuation)[:-1]:
             if self.model.position >= self.model_kv_len():

@@ -6,7 +6,9 @@ a hung chip can abort() inside libbmrt.  The child's stdout/stderr go to a
 log file; the parent talks to it over a socket with small pickled messages.
 
 Requests (parent -> child):  ("open", {...}), ("generate", {...}),
-("pin_prefix", {...}), ("cancel", {}), ("close", {}).
+("pin_prefix", {...}), ("cancel", {}), ("close", {}), ("image_states", {}).  A generate request may
+carry an ImageInputs whose pixel_values are empty when the worker already
+holds that image (same digest).
 Events (child -> parent): ("opened", desc_dict), ("token", id),
 ("done", stats_dict), ("error", (kind, message)).
 """
@@ -67,7 +69,7 @@ def _serve(conn) -> None:
                 gen = args.get("gen", 0)  # tags events so the parent can drop stale ones
                 for tok in engine.generate(
                     args["ids"], args.get("max_new_tokens", 256), args.get("stop_ids", ()), should_stop,
-                    args.get("sampling"), args.get("reuse", True),
+                    args.get("sampling"), args.get("reuse", True), args.get("image"), args.get("image_pos"),
                 ):
                     conn.send(("token", (gen, tok)))
                 conn.send(("done", (gen, engine.stats.to_dict())))
@@ -79,6 +81,10 @@ def _serve(conn) -> None:
                 if engine is None:
                     raise TpuchatError("no model is open")
                 conn.send(("pinned", engine.pin_prefix(args["ids"])))
+            elif op == "image_states":
+                if engine is None:
+                    raise TpuchatError("no model is open")
+                conn.send(("image_states", engine.image_states()))
             elif op == "devices":
                 conn.send(("devices", _devices(args.get("lib_dir"))))
             elif op == "cancel":
