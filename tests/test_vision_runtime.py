@@ -244,3 +244,55 @@ def test_image_given_to_a_text_only_bmodel_is_a_clear_error(open_variant, vision
     assert "\n" not in msg and "no vision encoder" in msg
     tokens, _ = generate(client, [1, 2, 3], n=2)  # the engine is still there
     assert len(tokens) == 2
+
+
+def test_pixels_cross_the_worker_pipe_once_and_again_when_forgotten(engine, vision):
+    """Follow-up turns send the image by digest only; an engine that no
+    longer holds it (reopened, switched bmodels) gets the pixels again."""
+    client, _ = engine
+    ids, pos = vision.image_question()
+    first, second = vision.images
+    sent = []
+    real_send = client._send
+
+    def spy(op, args):
+        if op == "generate":
+            sent.append(args["image"])
+        return real_send(op, args)
+
+    client._send = spy
+    try:
+        generate(client, ids, second, pos, n=1)
+        _, stats = generate(client, ids, second, pos, n=1)
+        assert sent[-2].pixel_values and sent[-1].pixel_values == b"" and stats["image_reused"]
+        client._worker_image = first.digest  # as if the engine had forgotten what it held
+        del sent[:]
+        tokens, stats = generate(client, ids, first, pos, n=2)
+        assert [bool(s.pixel_values) for s in sent] == [False, True]  # refused by digest, resent whole
+        assert stats["vit_s"] > 0 and len(tokens) == 2
+    finally:
+        client._send = real_send
+
+
+def test_run_with_an_image_end_to_end(vision, sim_lib, tmp_path):
+    """`tpuchat run --image`: the product's own image loading, preprocessing
+    and template, through the CLI, against transformers."""
+    import json
+    import os
+    import subprocess
+
+    path = tmp_path / "picture.png"
+    synthetic_image(230, 110, 0).save(path)
+    env = dict(os.environ, TPUCHAT_STATE=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "tpuchat.cli", "run", "--model", str(models.bmodel_path(VARIANT)),
+                        "--image", str(path), "--json", "--ignore-eos", "-n", str(N_NEW), QUESTION],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    ids, pos = vision.image_question()
+    assert out["prompt_tokens"] == len(ids) and out["image"]["image_pos"] == pos
+    from PIL import Image
+
+    ref = _build.reference_requests(VARIANT, [image_request(ids, preprocess(vision.config_dir,
+                                                                             Image.open(path).convert("RGB")), pos)])[0]
+    assert assert_greedy_matches(out["token_ids"], ref) >= 4

@@ -50,9 +50,15 @@ class TokenizerError(TpuchatError):
 
 
 class ImageError(TpuchatError):
-    """An image the model cannot take: no vision encoder, wrong preprocessing, bad position."""
+    """An image that cannot be used: not an image, unreadable, too big, a model without vision,
+    wrong preprocessing or position."""
 
     exit_code = 10
+
+
+class ImageNotHeld(ImageError):
+    """The engine was sent an image by digest only but does not hold it (it restarted, reopened
+    or switched bmodels): the client sends the pixels again."""
 
 
 ERROR_TYPES = {
@@ -67,14 +73,6 @@ ERROR_TYPES = {
         EngineCrashed,
         TokenizerError,
         ImageError,
+        ImageNotHeld,
     )
 }
-
-
-class ImageError(TpuchatError):
-    """An image that cannot be used: not an image, unreadable, too big, or a model without vision."""
-
-    exit_code = 10
-
-
-ERROR_TYPES["ImageError"] = ImageError

@@ -172,6 +172,7 @@ class EngineClient:
             self._start()
         self._open_args = {"bmodel": str(bmodel), "devids": list(devids), "lib_dir": lib_dir}
         self._pinned = []
+        self._worker_image = None  # a newly opened model holds no image
         self._send("open", self._open_args)
         ev, payload = self._recv()
         if ev == "error":
@@ -222,14 +223,14 @@ class EngineClient:
         self.ensure_open()
         if not self._alive():
             raise TpuchatError("no model is open")
+        request = {"ids": list(ids), "max_new_tokens": max_new_tokens, "stop_ids": list(stop_ids),
+                   "sampling": sampling, "reuse": reuse, "image": image, "image_pos": image_pos}
+        by_digest = image is not None and image.digest == self._worker_image
+        if by_digest:  # the worker holds it: do not send megabytes of pixels again
+            request["image"] = dataclasses.replace(image, pixel_values=b"")
         self._gen += 1
         gen = self._gen
-        sent_image = image
-        if image is not None and image.digest == self._worker_image:
-            sent_image = dataclasses.replace(image, pixel_values=b"")  # the worker holds it
-        self._send("generate", {"ids": list(ids), "max_new_tokens": max_new_tokens,
-                                "stop_ids": list(stop_ids), "gen": gen, "sampling": sampling,
-                                "reuse": reuse, "image": sent_image, "image_pos": image_pos})
+        self._send("generate", dict(request, gen=gen))
         if image is not None:
             self._worker_image = image.digest
         finished = False
@@ -240,6 +241,16 @@ class EngineClient:
                     finished = True
                     if image is not None:
                         self._worker_image = None  # the image may not have been set
+                    if by_digest and payload[0] == "ImageNotHeld":
+                        # It forgot the image (reopened, switched bmodels): send the pixels.
+                        by_digest = False
+                        request["image"] = image
+                        self._gen += 1
+                        gen = self._gen
+                        self._send("generate", dict(request, gen=gen))
+                        self._worker_image = image.digest
+                        finished = False
+                        continue
                     self._raise_error(payload)
                 tag, value = payload
                 if tag != gen:

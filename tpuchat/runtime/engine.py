@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-from ..errors import ImageError, PromptTooLong, TpuchatError
+from ..errors import ImageError, ImageNotHeld, PromptTooLong, TpuchatError
 from .binding import Model, ModelDesc, load_runtime
 from .bmodel_file import check_bmodel_file
 from .image_inputs import ImageInputs
@@ -262,7 +262,7 @@ class Engine:
                              f"bmodel takes {d.vision_tiles} tiles of {d.image_size} px")
         if image.digest != self._image_digest:
             if not image.pixel_values:
-                raise ImageError("the engine does not hold this image and no pixel values were sent")
+                raise ImageNotHeld("the engine does not hold this image and no pixel values were sent")
             self._image_digest = None
             st.vit_s = self.model.set_image(image.pixel_values, image.tiles, image.size,
                                             image.aspect_ratio_id, image.aspect_ratio_mask)
