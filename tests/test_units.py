@@ -148,3 +148,13 @@ def test_system_prefix_ids_start_every_conversation():
     for user in ["a", " leading space", "\nnewline first", "中文问题", "<|im_end|>"]:
         ids = m.tok.encode_chat([{"role": "user", "content": user}], system=doc)
         assert ids[:len(prefix)] == prefix, user
+
+
+def test_run_stats_line_shows_the_image_encoder_time():
+    """FTL is counted from the prompt; an image's vit run comes before it and is shown apart."""
+    from tpuchat.cli import _stats_line
+
+    r = {"ftl_s": 3.1, "tokens_per_s": 1.2, "prompt_tokens": 27, "new_tokens": 12, "stop_reason": "eos",
+         "device_ms_per_token": 800.0, "host_us_per_token": 60.0}
+    assert _stats_line(r).startswith("FTL 3.100 s")
+    assert _stats_line(dict(r, vit_s=4.25)).startswith("vit 4.250 s (image encoder, before the prompt) | FTL 3.100 s")

@@ -335,7 +335,8 @@ def _stream_out(delta: str) -> None:
 
 
 def _stats_line(r: dict) -> str:
-    return (
+    vit = f"vit {r['vit_s']:.3f} s (image encoder, before the prompt) | " if r.get("vit_s") else ""
+    return vit + (
         f"FTL {r['ftl_s']:.3f} s | TPS {r['tokens_per_s']:.2f} tokens/s | "
         f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens ({r['stop_reason']}) | "
         f"device {r['device_ms_per_token']:.1f} ms/token | host {r['host_us_per_token']:.0f} µs/token"
