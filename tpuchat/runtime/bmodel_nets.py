@@ -30,7 +30,7 @@ from __future__ import annotations
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import ModelError
 
@@ -90,6 +90,11 @@ class _Table:
             at = t + 4 + 4 * i
             out.append(_Table(self.buf, at + struct.unpack_from("<I", self.buf, at)[0]))
         return out
+
+    def inline_struct(self, fid: int, fmt: str) -> Optional[tuple]:
+        """An inline struct field (e.g. "<QQ"), None when absent."""
+        o = self._field(fid)
+        return struct.unpack_from(fmt, self.buf, self.pos + o) if o else None
 
     def scalars(self, fid: int, fmt: str) -> List:
         t = self._target(fid)
@@ -167,8 +172,9 @@ def _tensor(t: _Table, device: int = 0) -> Tensor:
     return Tensor(t.string(0) or "", DTYPE_NAMES.get(dt, str(dt)), dims, device)
 
 
-def _model_table(path: Path) -> _Table:
-    """The root table; reads only the header and the description, not the weights."""
+def model_description(path: Path) -> Tuple[_Table, int]:
+    """The description's root table and the file offset where the binary part
+    (weights, commands) starts; reads only the header and the description."""
     try:
         with path.open("rb") as f:
             head = f.read(12)
@@ -185,7 +191,7 @@ def _model_table(path: Path) -> _Table:
         raise ModelError(f"{path} is truncated: its model description is incomplete")
     buf = memoryview(data)
     try:
-        return _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+        return _Table(buf, struct.unpack_from("<I", buf, 0)[0]), header_size + fb_size
     except struct.error:
         raise ModelError(f"{path}: damaged model description") from None
 
@@ -193,7 +199,7 @@ def _model_table(path: Path) -> _Table:
 def device_num(path) -> int:
     """The number of devices a bmodel was compiled for (1 for ordinary bmodels)."""
     try:
-        return max(1, int(_model_table(Path(path)).scalar(7, "I", 1)))
+        return max(1, int(model_description(Path(path))[0].scalar(7, "I", 1)))
     except struct.error:
         raise ModelError(f"{path}: damaged model description") from None
 
@@ -209,7 +215,7 @@ def read(path) -> BmodelNets:
 
 
 def _read(p: Path) -> BmodelNets:
-    model = _model_table(p)
+    model, _ = model_description(p)
     ndev = max(1, int(model.scalar(7, "I", 1)))
     plain: List[Net] = []
     cascades: Dict[str, list] = {}

@@ -11,7 +11,7 @@ tables whose size grows in proportion to the KV length, and the tensors of
 equal size are compared by their bytes (whole when small, a sample of both
 ends when large: a changed checkpoint differs everywhere).
 
-The reader below walks the flatbuffer by field index (TPU-MLIR's bmodel.fbs:
+The description is walked with bmodel_nets' reader, by field index (TPU-MLIR's bmodel.fbs:
 Model.net = 4, Net.name = 0, Net.parameter = 3, NetParameter.input_tensor =
 0, .coeff_mem = 4, CoeffMem.check_code = 1, .binary_coeff = 2, .location =
 3, Location.name/offset/size = 0/1/2, Tensor.shape = 5, Shape.dim = 0).
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ModelError
+from .bmodel_nets import model_description
 
 _SAMPLE = 1 << 16  # bytes compared at each end of a large tensor
 
@@ -40,64 +41,6 @@ def split_models(text) -> List[str]:
     if "," not in text or os.path.exists(text):
         return [text]
     return [p.strip() for p in text.split(",") if p.strip()]
-
-
-class _Table:
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: bytes, pos: int):
-        self.buf, self.pos = buf, pos
-
-    def _field(self, i: int) -> int:
-        vt = self.pos - struct.unpack_from("<i", self.buf, self.pos)[0]
-        vt_size = struct.unpack_from("<H", self.buf, vt)[0]
-        if 4 + 2 * i >= vt_size:
-            return 0
-        return struct.unpack_from("<H", self.buf, vt + 4 + 2 * i)[0]
-
-    def _ref(self, i: int) -> Optional[int]:
-        o = self._field(i)
-        if not o:
-            return None
-        p = self.pos + o
-        return p + struct.unpack_from("<I", self.buf, p)[0]
-
-    def u64(self, i: int) -> int:
-        o = self._field(i)
-        return struct.unpack_from("<Q", self.buf, self.pos + o)[0] if o else 0
-
-    def struct_at(self, i: int, fmt: str) -> Optional[tuple]:
-        o = self._field(i)
-        return struct.unpack_from(fmt, self.buf, self.pos + o) if o else None
-
-    def table(self, i: int) -> Optional["_Table"]:
-        p = self._ref(i)
-        return _Table(self.buf, p) if p is not None else None
-
-    def string(self, i: int) -> str:
-        p = self._ref(i)
-        if p is None:
-            return ""
-        n = struct.unpack_from("<I", self.buf, p)[0]
-        return self.buf[p + 4:p + 4 + n].decode("utf-8", "replace")
-
-    def tables(self, i: int) -> List["_Table"]:
-        p = self._ref(i)
-        if p is None:
-            return []
-        n = struct.unpack_from("<I", self.buf, p)[0]
-        out = []
-        for k in range(n):
-            e = p + 4 + 4 * k
-            out.append(_Table(self.buf, e + struct.unpack_from("<I", self.buf, e)[0]))
-        return out
-
-    def vector(self, i: int, fmt: str) -> tuple:
-        p = self._ref(i)
-        if p is None:
-            return ()
-        n = struct.unpack_from("<I", self.buf, p)[0]
-        return struct.unpack_from("<%d%s" % (n, fmt), self.buf, p + 4)
 
 
 @dataclass
@@ -123,19 +66,11 @@ class WeightInfo:
 def read_weights(path) -> WeightInfo:
     """The weight blocks of a bmodel (first stage of each net) and its KV length."""
     p = Path(path)
+    root, binary_base = model_description(p)
     try:
-        with p.open("rb") as f:
-            magic, header_size, fb_size = struct.unpack("<III", f.read(12))
-            f.seek(header_size)
-            buf = f.read(fb_size)
-    except (OSError, struct.error) as e:
-        raise ModelError(f"cannot read {p}: {e}") from None
-    try:
-        root = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
         info = WeightInfo(str(p), 0)
-        binary_base = header_size + fb_size
         for net in root.tables(4):
-            name = net.string(0)
+            name = net.string(0) or ""
             params = net.tables(3)
             if not params:
                 continue
@@ -143,16 +78,16 @@ def read_weights(path) -> WeightInfo:
                 tensors = params[0].tables(0)
                 if len(tensors) > 3:
                     shapes = tensors[3].tables(5)
-                    dims = shapes[0].vector(0, "Q") if shapes else ()
+                    dims = shapes[0].scalars(0, "Q") if shapes else ()
                     info.kv_len = int(dims[1]) if len(dims) > 1 else 0
             cm = params[0].table(4)
             if cm is None:
                 continue
-            binary = cm.struct_at(2, "<QQ")
+            binary = cm.inline_struct(2, "<QQ")
             if not binary or not binary[1]:
                 continue
-            locs = [(loc.string(0), loc.u64(1), loc.u64(2)) for loc in cm.tables(3)]
-            info.blocks[name] = WeightBlock(name, binary_base + binary[0], binary[1], bytes(cm.vector(1, "B")), locs)
+            locs = [(loc.string(0) or "", loc.scalar(1, "Q"), loc.scalar(2, "Q")) for loc in cm.tables(3)]
+            info.blocks[name] = WeightBlock(name, binary_base + binary[0], binary[1], bytes(cm.scalars(1, "B")), locs)
         return info
     except (struct.error, IndexError) as e:
         raise ModelError(f"cannot read the weight layout of {p} (damaged bmodel?): {e}") from None
