@@ -137,16 +137,15 @@ def test_system_prefix_ids_start_every_conversation():
     ids whatever the user writes, and covers the whole document."""
     from pathlib import Path
 
-    from tpuchat.chat.session import ChatModel
+    from tpuchat.chat.session import system_prefix_ids
     from tpuchat.text import load_tokenizer
 
-    m = object.__new__(ChatModel)
-    m.tok = load_tokenizer(Path(__file__).resolve().parents[1] / "token_config")
+    tok = load_tokenizer(Path(__file__).resolve().parents[1] / "token_config")
     doc = "Shared manual: the BM1684X has 32 TOPS. 算力很强。" * 3
-    prefix = m.system_prefix_ids(doc)
-    assert len(prefix) > len(m.tok.encode(doc))
+    prefix = system_prefix_ids(tok, doc)
+    assert len(prefix) > len(tok.encode(doc))
     for user in ["a", " leading space", "\nnewline first", "中文问题", "<|im_end|>"]:
-        ids = m.tok.encode_chat([{"role": "user", "content": user}], system=doc)
+        ids = tok.encode_chat([{"role": "user", "content": user}], system=doc)
         assert ids[:len(prefix)] == prefix, user
 
 

@@ -62,11 +62,9 @@ def _lengths(client, short_ids: List[int], seq_len: int) -> List[dict]:
 def _shared_prefix(client, tok, doc: str, other_ids: List[int], limit: int) -> dict:
     """FTL of questions about a shared document, each asked after another
     conversation took the cache: with the document's rows pinned, and not."""
-    from .chat.session import ChatModel
+    from .chat.session import system_prefix_ids
 
-    fake = object.__new__(ChatModel)  # only its template logic is needed here
-    fake.tok = tok
-    pin = client.pin_prefix(fake.system_prefix_ids(doc))
+    pin = client.pin_prefix(system_prefix_ids(tok, doc))
     rows = []
     for pinned in (True, False):
         if not pinned:

@@ -66,6 +66,18 @@ class Finished:
 Event = Union[Delta, Notice, Finished]
 
 
+def system_prefix_ids(tok, system: str) -> List[int]:
+    """The prompt ids every conversation with this system prompt starts with,
+    whatever the user writes: the common head of two renderings that differ
+    only in the user's text (template-agnostic)."""
+    a = tok.encode_chat([{"role": "user", "content": "a"}], system=system)
+    b = tok.encode_chat([{"role": "user", "content": "b"}], system=system)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
 class ChatModel:
     """An open bmodel with its tokenizer, in an engine worker."""
 
@@ -116,22 +128,11 @@ class ChatModel:
             if text:
                 yield Delta(text, [ev.id])
 
-    def system_prefix_ids(self, system: str) -> List[int]:
-        """The prompt ids every conversation with this system prompt starts
-        with, whatever the user writes: the common head of two renderings
-        that differ only in the user's text (template-agnostic)."""
-        a = self.tok.encode_chat([{"role": "user", "content": "a"}], system=system)
-        b = self.tok.encode_chat([{"role": "user", "content": "b"}], system=system)
-        n = 0
-        while n < min(len(a), len(b)) and a[n] == b[n]:
-            n += 1
-        return a[:n]
-
     def pin_system_prefix(self, system: Optional[str]) -> dict:
         """Compute the shared system prompt's KV rows once and keep them on
         the device for every conversation that starts with it (None drops
         them).  Returns tokens, seconds, reused_tokens."""
-        ids = self.system_prefix_ids(system) if system else []
+        ids = system_prefix_ids(self.tok, system) if system else []
         self.pinned = self.client.pin_prefix(ids)
         return self.pinned
 
