@@ -152,6 +152,14 @@ typedef const bmapi_net_info_t *(*bmrt_get_network_info_fn)(void *rt, const char
  * a load into memory the caller provides. */
 typedef bool (*bmrt_get_bmodel_info_fn)(const char *path, bmapi_mem_info_t *info);
 typedef bool (*bmrt_load_bmodel_with_mem_fn)(void *rt, const char *path, bmapi_mem_info_t *info);
+
+/* Where the runtime put one weight tensor of a loaded net (newer runtimes'
+ * bm_coeff_info_t: the tensor's name, then its device memory). */
+typedef struct {
+  char path[256];
+  bmapi_mem_t device_mem;
+} bmapi_coeff_info_t; /* 280 bytes */
+typedef const bmapi_coeff_info_t *(*bmrt_get_coeff_info_fn)(void *rt, const char *net, int stage, int *num);
 typedef bool (*bmrt_launch_tensor_ex_fn)(void *rt, const char *net, const bmapi_tensor_t *inputs, int num_in,
                                          bmapi_tensor_t *outputs, int num_out, bool user_mem, bool user_stmode);
 

@@ -75,6 +75,7 @@ static struct {
   /* optional: weight sharing (NULL on old libsophon) */
   bmrt_get_bmodel_info_fn get_bmodel_info;
   bmrt_load_bmodel_with_mem_fn load_bmodel_with_mem;
+  bmrt_get_coeff_info_fn get_coeff_info; /* to check where the weights went */
   bm_malloc_device_byte_u64_fn malloc_device_u64;
   bm_free_device_u64_fn free_device_u64;
 } RT;
@@ -159,6 +160,7 @@ int tpc_runtime_load(const char *lib_dir, char *err, int errlen) {
   RT.new_net_info = RT.create_ex != NULL;
   *(void **)(&RT.get_bmodel_info) = dlsym(RTLD_DEFAULT, "bmrt_get_bmodel_info");
   *(void **)(&RT.load_bmodel_with_mem) = dlsym(RTLD_DEFAULT, "bmrt_load_bmodel_with_mem");
+  *(void **)(&RT.get_coeff_info) = dlsym(RTLD_DEFAULT, "bmrt_get_coeff_info");
   *(void **)(&RT.malloc_device_u64) = dlsym(RTLD_DEFAULT, "bm_malloc_device_byte_u64");
   *(void **)(&RT.free_device_u64) = dlsym(RTLD_DEFAULT, "bm_free_device_u64");
   snprintf(RT.dir, sizeof RT.dir, "%s", lib_dir);
@@ -2629,6 +2631,7 @@ typedef struct {
 
 struct tpc_family {
   char err[ERR_LEN];
+  char share_note[200];       /* why the weights are not shared, if so */
   int n, active, shared;
   char *paths[MAX_MEMBERS];
   bmapi_mem_info_t info[MAX_MEMBERS]; /* each member's regions, from the runtime */
@@ -2697,6 +2700,94 @@ int tpc_bmodel_memory_of(const char *bmodel_path, tpc_bmodel_memory *out, char *
   return TPC_OK;
 }
 
+/* FNV-1a over a net's weight tensors (names, offsets from the first, sizes):
+ * two nets may share one copy only when these agree. */
+static unsigned long long coeff_signature(const bmapi_coeff_info_t *c, int n, unsigned long long lo) {
+  unsigned long long h = 1469598103934665603ull;
+  for (int i = 0; i < n; i++) {
+    unsigned long long v[2] = {c[i].device_mem.device_addr - lo, c[i].device_mem.size};
+    const unsigned char *p = (const unsigned char *)c[i].path;
+    for (size_t k = 0; k < sizeof c[i].path && p[k]; k++) h = (h ^ p[k]) * 1099511628211ull;
+    p = (const unsigned char *)v;
+    for (size_t k = 0; k < sizeof v; k++) h = (h ^ p[k]) * 1099511628211ull;
+  }
+  return h;
+}
+
+int tpc_check_weight_ranges(const unsigned long long *lo, const unsigned long long *hi,
+                            const unsigned long long *sig, const char *const *names, int n,
+                            unsigned long long area_lo, unsigned long long area_hi, char *why, int whylen) {
+  if (n < 0 || (n && (!lo || !hi || !sig))) return TPC_E_ARG;
+  for (int i = 0; i < n; i++) {
+    const char *ni = names && names[i] ? names[i] : "?";
+    if (hi[i] < lo[i] || lo[i] < area_lo || hi[i] > area_hi) {
+      set_err(why, whylen, "the weights of net %s lie outside the weight area", ni);
+      return TPC_E_LOAD;
+    }
+    for (int j = 0; j < i; j++) {
+      if (lo[i] >= hi[j] || lo[j] >= hi[i]) continue; /* apart */
+      if (lo[i] == lo[j] && hi[i] == hi[j] && sig[i] == sig[j]) continue; /* one shared copy */
+      set_err(why, whylen,
+              "the runtime put the weights of nets %s and %s at the same device memory "
+              "(offsets 0x%llx and 0x%llx of the weight area)",
+              names && names[j] ? names[j] : "?", ni, lo[j] - area_lo, lo[i] - area_lo);
+      return TPC_E_LOAD;
+    }
+  }
+  return TPC_OK;
+}
+
+/* After a load into the shared weight area: did the runtime give every net's
+ * weights a place of their own?  (TPU-MLIR 1.30's runtime gives each net the
+ * whole area, so all of them land at its start.)  Runtimes that cannot say
+ * where the weights went (no bmrt_get_coeff_info) are not trusted. */
+static int check_placement(tpc_family *f, char *why, int whylen) {
+  if (!RT.get_coeff_info) {
+    set_err(why, whylen, "this runtime cannot report where it put the weights (no bmrt_get_coeff_info)");
+    return TPC_E_LIB;
+  }
+  tpc_model *m = f->model;
+  int cap = 0, n = 0, rc = TPC_OK;
+  for (int i = 0; i < m->num_nets; i++) {
+    const bmapi_net_info_t *ni = RT.get_network_info(m->rt, m->net_names[i]);
+    cap += ni ? ni->stage_num : 0;
+  }
+  unsigned long long *lo = calloc((size_t)cap + 1, sizeof *lo), *hi = calloc((size_t)cap + 1, sizeof *hi),
+                     *sig = calloc((size_t)cap + 1, sizeof *sig);
+  const char **names = calloc((size_t)cap + 1, sizeof *names);
+  if (!lo || !hi || !sig || !names) {
+    set_err(why, whylen, "out of host memory");
+    rc = TPC_E_NOMEM;
+    goto out;
+  }
+  for (int i = 0; i < m->num_nets; i++) {
+    const bmapi_net_info_t *ni = RT.get_network_info(m->rt, m->net_names[i]);
+    for (int s = 0; ni && s < ni->stage_num && n < cap; s++) {
+      int k = 0;
+      const bmapi_coeff_info_t *c = RT.get_coeff_info(m->rt, m->net_names[i], s, &k);
+      if (!c || k <= 0) continue; /* a net without weights */
+      unsigned long long a = ~0ull, b = 0;
+      for (int t = 0; t < k; t++) {
+        unsigned long long x = c[t].device_mem.device_addr;
+        if (x < a) a = x;
+        if (x + c[t].device_mem.size > b) b = x + c[t].device_mem.size;
+      }
+      lo[n] = a;
+      hi[n] = b;
+      sig[n] = coeff_signature(c, k, a);
+      names[n++] = m->net_names[i];
+    }
+  }
+  unsigned long long base = area_addr(&f->weights);
+  rc = tpc_check_weight_ranges(lo, hi, sig, names, n, base, base + f->weight_bytes, why, whylen);
+out:
+  free(lo);
+  free(hi);
+  free(sig);
+  free(names);
+  return rc;
+}
+
 /* Free the active member: its runtime and its non-weight regions. */
 static void unload_member(tpc_family *f) {
   if (f->model) tpc_close(f->model);
@@ -2730,6 +2821,15 @@ int tpc_family_switch(tpc_family *f, int index) {
     mem.coeff.addr = (int64_t)area_addr(&f->weights);
     mem.coeff.size = f->weight_bytes;
     rc = open_model(f->paths[index], &f->devid, 1, f->handle, &mem, &f->model, err, sizeof err);
+    if (rc == TPC_OK && check_placement(f, f->share_note, sizeof f->share_note) != TPC_OK) {
+      /* Wrong weights would give wrong answers: give the area back and load
+       * each member whole from now on. */
+      unload_member(f);
+      area_free(f->handle, &f->weights);
+      f->shared = 0;
+      f->weight_bytes = 0;
+      rc = open_model(f->paths[index], &f->devid, 1, f->handle, NULL, &f->model, err, sizeof err);
+    }
   } else {
     rc = open_model(f->paths[index], &f->devid, 1, f->handle, NULL, &f->model, err, sizeof err);
   }
@@ -2769,6 +2869,9 @@ int tpc_family_open(const char *const *paths, int num_paths, const int *devids, 
   f->active = -1;
   f->devid = devids[0];
   f->shared = share_weights && RT.get_bmodel_info && RT.load_bmodel_with_mem;
+  if (share_weights && !f->shared)
+    snprintf(f->share_note, sizeof f->share_note,
+             "this runtime cannot load a bmodel into given memory (no bmrt_load_bmodel_with_mem)");
   for (int i = 0; i < num_paths; i++) {
     if (!paths[i] || !(f->paths[i] = strdup(paths[i]))) {
       rc = ffail(f, TPC_E_ARG, "bad bmodel path");
@@ -2814,6 +2917,7 @@ int tpc_family_get_info(const tpc_family *f, tpc_family_info *out) {
   out->shared = f->shared;
   out->weight_bytes = f->shared ? (long long)f->weight_bytes : 0;
   out->last_switch_us = f->last_switch_us;
+  snprintf(out->share_note, sizeof out->share_note, "%s", f->share_note);
   return TPC_OK;
 }
 

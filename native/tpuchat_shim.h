@@ -221,17 +221,17 @@ int tpc_net_plan_of(const tpc_model *m, const char *name, tpc_net_plan *out);
  * own instruction, activation and IO memory, and switching frees and
  * reallocates only those (bmrt_get_bmodel_info + bmrt_load_bmodel_with_mem).
  * The runtime copies the member's weights into the area on every load.
- * Without share_weights, or on runtimes without those calls, each switch
- * is a plain load of the member (shared = 0): still one member, so one copy
- * of the weights, on the device at a time.  CAUTION: the TPU-MLIR 1.30.2
- * runtime (the simulator) writes the weights of every net of an llm_convert
- * bmodel (one weight block per net, all at the same compiled address) to the
- * start of the given area, so the nets read the wrong weights: shared loads
- * are only for runtimes checked to place them apart.  The
- * caller checks first that the members hold the same weights (the shim
- * cannot: only sizes are visible here).  One member is loaded at a time;
- * tpc_family_model() is it, driven with the tpc_* calls above, and valid
- * until the next switch. */
+ * Each shared load is checked: the runtime must say where it put every
+ * net's weights (bmrt_get_coeff_info) and no two nets with different
+ * weights may overlap.  TPU-MLIR 1.30.2's runtime (the simulator) fails this:
+ * its load_bmodel_net hands every net the whole area, so all their weights
+ * land at its start.  A failed check gives the area back and the family
+ * falls back to plain loads of each member (shared = 0, share_note says
+ * why): still one member, so one copy of the weights, on the device at a
+ * time.  The caller checks first that the members hold the same weights
+ * (the shim cannot: only sizes are visible here).  One member is loaded at
+ * a time; tpc_family_model() is it, driven with the tpc_* calls above, and
+ * valid until the next switch. */
 typedef struct tpc_family tpc_family;
 typedef struct {
   int num_members;
@@ -239,6 +239,7 @@ typedef struct {
   int shared;                /* 1: one weight area; 0: plain loads (old runtime) */
   long long weight_bytes;    /* size of the shared weight area (0 when not shared) */
   double last_switch_us;     /* wall time of the last load of a member */
+  char share_note[200];      /* why the weights are not shared when asked to be ("" otherwise) */
 } tpc_family_info;
 /* Device memory one bmodel needs, from the runtime (bmrt_get_bmodel_info). */
 typedef struct {
@@ -254,6 +255,13 @@ int tpc_family_switch(tpc_family *f, int index);
 tpc_model *tpc_family_model(tpc_family *f);
 int tpc_family_get_info(const tpc_family *f, tpc_family_info *out);
 const char *tpc_family_error(const tpc_family *f);
+/* The placement rule the shared loads are checked against (pure; exposed for
+ * tests): every net's weight range [lo, hi) inside the area, and ranges that
+ * overlap identical, with the same tensor signature (one copy of weights that
+ * are the same).  0 when the placement is sound, else TPC_E_LOAD and why. */
+int tpc_check_weight_ranges(const unsigned long long *lo, const unsigned long long *hi,
+                            const unsigned long long *sig, const char *const *names, int n,
+                            unsigned long long area_lo, unsigned long long area_hi, char *why, int whylen);
 void tpc_family_close(tpc_family *f);
 
 /* Vision (Llama-3.2-Vision style bmodels).  A `vit` net turns one image

@@ -36,9 +36,10 @@ def pair(*names):
 
 
 @pytest.fixture
-def family(sim_lib, build, engine_log):
+def family(sim_lib, build, engine_log, tmp_path, monkeypatch):
     build(SHORT)
     build(LONG)
+    monkeypatch.setenv("TPUCHAT_STATE", str(tmp_path / "state"))  # no verdict from earlier runs
     c = EngineClient(engine_log)
     desc = c.open(pair(LONG, SHORT), [0], sim_lib)  # any order: sorted by KV length
     yield c, desc
@@ -102,3 +103,73 @@ def test_weight_check_needs_no_runtime(build):
 
     infos = check_same_weights([str(models.bmodel_path(SHORT)), str(models.bmodel_path(LONG))])
     assert [i.kv_len for i in infos] == [128, 256]
+
+
+def test_a_runtime_that_stacks_the_weights_is_caught_and_each_member_loads_whole(family, sim_lib, engine_log,
+                                                                                monkeypatch):
+    """TPU-MLIR 1.30.2's runtime gives every net the whole shared area, so all
+    weights land at its start.  The shim sees it from bmrt_get_coeff_info and
+    falls back to whole loads (the answers in the tests above are right
+    because of that); the verdict is kept for this runtime build."""
+    c, desc = family
+    fam = desc["family"]
+    assert fam["share_checked"] is True
+    assert fam["shared_weights"] is False and fam["weight_bytes"] == 0
+    assert "nets embedding and lm_head at the same device memory" in fam["share_note"]
+    assert "offsets 0x0 and 0x0" in fam["share_note"]
+
+    def reopen():
+        again = EngineClient(engine_log)
+        try:
+            return again.open(pair(LONG, SHORT), [0], sim_lib)["family"]
+        finally:
+            again.close()
+
+    later = reopen()  # the next run does not try again
+    assert later["share_checked"] is False and later["share_note"] == fam["share_note"]
+    monkeypatch.setenv("TPUCHAT_SHARE_WEIGHTS", "1")  # unless asked to
+    assert reopen()["share_checked"] is True
+    monkeypatch.setenv("TPUCHAT_SHARE_WEIGHTS", "0")  # or told not to try at all
+    off = reopen()
+    assert off["share_checked"] is False and off["shared_weights"] is False
+
+
+@pytest.mark.parametrize(
+    "ranges, why",
+    [
+        # embedding, lm_head, a block and its decode twin (same weights, one copy)
+        ([("embedding", 0, 64, 1), ("lm_head", 64, 128, 2), ("block_0", 128, 512, 3),
+          ("block_cache_0", 128, 512, 3)], None),
+        # what the simulator's runtime does: everything at the start
+        ([("embedding", 0, 64, 1), ("lm_head", 0, 64, 2)], "nets embedding and lm_head"),
+        ([("embedding", 0, 64, 1), ("block_0", 0, 384, 3)], "nets embedding and block_0"),
+        ([("block_0", 128, 512, 3), ("block_1", 256, 640, 3)], "nets block_0 and block_1"),
+        ([("lm_head", 960, 1100, 2)], "outside the weight area"),
+    ],
+)
+def test_placement_rule(ranges, why):
+    from tpuchat.runtime.binding import check_weight_ranges
+
+    got = check_weight_ranges(ranges, (0, 1024))
+    if why is None:
+        assert got is None
+    else:
+        assert why in got
+
+
+def test_info_says_why_the_weights_are_not_shared(sim_lib, build, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    build(SHORT)
+    build(LONG)
+    env = dict(os.environ, TPUCHAT_STATE=str(tmp_path))
+    env.pop("TPUCHAT_SHARE_WEIGHTS", None)
+    r = subprocess.run([sys.executable, "-m", "tpuchat.cli", "info", pair(SHORT, LONG)], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "one bmodel is on the device at a time (each switch loads it whole)" in r.stdout
+    assert ("no shared weight area: the runtime put the weights of nets embedding and lm_head at the same "
+            "device memory") in " ".join(r.stdout.split())
+    assert (tmp_path / "runtime-checks.json").exists()  # remembered for this runtime build

@@ -266,6 +266,8 @@ def _print_family(fam: dict) -> None:
         typer.echo(f"  one weight area of {fam['weight_bytes'] / 2**20:.1f} MB shared by all")
     else:
         typer.echo("  one bmodel is on the device at a time (each switch loads it whole)")
+        if fam.get("share_note"):
+            typer.echo(f"  no shared weight area: {fam['share_note']}")
     if weights:
         typer.echo(f"  weights: {weights / 2**20:.1f} MB")
 

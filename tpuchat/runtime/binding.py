@@ -2,7 +2,7 @@
 turned into a TpuchatError with the shim's one-line message."""
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ContextFull, DeviceError, EngineCrashed, ModelError, PromptTooLong, RuntimeNotFound, TpuchatError
 
@@ -453,6 +453,22 @@ def bmodel_memory(path: str) -> BmodelMemory:
     return BmodelMemory(out.weight_bytes, out.instruction_bytes, out.neuron_bytes, out.io_bytes)
 
 
+def check_weight_ranges(ranges, area: Tuple[int, int]) -> Optional[str]:
+    """The shim's rule for a shared weight area, on given ranges:
+    [(net, lo, hi, signature)] -> None when sound, else why not."""
+    s = _shim()
+    ffi, lib = s.ffi, s.lib
+    n = len(ranges)
+    lo = ffi.new("unsigned long long[]", [r[1] for r in ranges] or [0])
+    hi = ffi.new("unsigned long long[]", [r[2] for r in ranges] or [0])
+    sig = ffi.new("unsigned long long[]", [r[3] for r in ranges] or [0])
+    keep = [ffi.new("char[]", r[0].encode()) for r in ranges]
+    names = ffi.new("char *[]", keep or [ffi.NULL])
+    err = _err_buf()
+    rc = lib.tpc_check_weight_ranges(lo, hi, sig, names, n, area[0], area[1], err, _ERRLEN)
+    return _text(ffi, err) if rc else None
+
+
 class Family:
     """Bmodels of the same weights on one device, one loaded at a time
     (see tpc_family_* in the shim).  `model` is the loaded member."""
@@ -500,6 +516,11 @@ class Family:
     @property
     def weight_bytes(self) -> int:
         return int(self.info().weight_bytes)
+
+    @property
+    def share_note(self) -> str:
+        """Why the members do not share one weight area although asked to ("" otherwise)."""
+        return _text(self._ffi, self.info().share_note)
 
     @property
     def last_switch_s(self) -> float:

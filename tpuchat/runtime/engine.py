@@ -66,11 +66,23 @@ class Engine:
         check_same_weights([str(i.path) for i in infos])
         self.runtime = find_runtime(lib_dir)
         load_runtime(str(self.runtime.path))
-        share = os.environ.get("TPUCHAT_SHARE_WEIGHTS", "") == "1"
+        # One weight area for all members, where the runtime places weights
+        # soundly: the shim checks each shared load and falls back to whole
+        # loads when not, and a refusal is remembered for this runtime build.
+        # TPUCHAT_SHARE_WEIGHTS=0 never tries, =1 checks again.
+        from .runtime_checks import remember_share_refused, share_refused
+
+        env = os.environ.get("TPUCHAT_SHARE_WEIGHTS", "")
+        known = None if env in ("0", "1") else share_refused(self.runtime.path)
+        share = env != "0" and known is None
         clock = time.perf_counter
         t0 = clock()
         self.family = Family([str(i.path) for i in infos], list(devids), 0, share)
         first_s = clock() - t0
+        self.share_note = self.family.share_note or known or ""
+        if share and self.family.share_note:
+            remember_share_refused(self.runtime.path, self.family.share_note)
+        self.share_checked = share
         descs, loads = [], []
         for i, fi in enumerate(infos):
             loads.append(first_s if i == 0 else None)
@@ -104,6 +116,8 @@ class Engine:
                         for i in self.members],
             "active": self.member_descs[self.family.active].path,
             "shared_weights": self.family.shared,
+            "share_note": self.share_note,
+            "share_checked": self.share_checked,  # False: skipped (TPUCHAT_SHARE_WEIGHTS=0 or an earlier run's verdict)
             "weight_bytes": self.family.weight_bytes,
             "open_s": self.family_open_s,
         }
