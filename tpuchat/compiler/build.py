@@ -361,33 +361,19 @@ def reference(name: str, ids_list: list[list[int]], max_new_tokens: int, logits:
     the decoder's Linear weights as model_deploy does. Cached per request."""
     ids_list = [[int(i) for i in ids] for ids in ids_list]
     key = _sha(REFERENCE.read_bytes(), json.dumps([ids_list, int(max_new_tokens), bool(logits), quant]))
-    cache = build(name) / "reference" / f"{key}.json"
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        pass
-    tc = toolchain.ensure(log=_log)
-    src = model_source_dir(name)
     requests = [{"ids": ids, "max_new_tokens": int(max_new_tokens), "logits": bool(logits), "quant": quant}
                 for ids in ids_list]
-    proc = subprocess.run([str(tc.python), "-I", str(REFERENCE), str(src)],
-                          input=json.dumps(requests), capture_output=True, text=True,
-                          env=_venv_env(tc), timeout=1800)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        raise BuildError(f"reference.py failed ({proc.returncode}) for {name}\n{tail}")
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
-    cache.parent.mkdir(exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(results))
-    os.replace(tmp, cache)
-    return results
+    return _run_reference(name, requests, key)
 
 
 def reference_requests(name: str, requests: list[dict]) -> list[dict]:
     """reference.py's results for raw requests (e.g. with an image for mllama variants:
     see reference.py), cached per request list."""
-    key = _sha(REFERENCE.read_bytes(), json.dumps(requests, sort_keys=True))
+    return _run_reference(name, requests, _sha(REFERENCE.read_bytes(), json.dumps(requests, sort_keys=True)))
+
+
+def _run_reference(name: str, requests: list[dict], key: str) -> list[dict]:
+    """reference.py on the variant's source model, cached in the variant's dir under `key`."""
     cache = build(name) / "reference" / f"{key}.json"
     try:
         return json.loads(cache.read_text())

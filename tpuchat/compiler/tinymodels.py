@@ -213,6 +213,24 @@ def check_generation(model, tok, min_distinct: int = 4) -> list[list[int]]:
     return outs
 
 
+def save_weights(model, out: Path, dtype: str, rope_theta: float, rope_section: str = "") -> None:
+    """Save `model` in `dtype` with a config.json real checkpoints' readers know: transformers 5
+    writes `dtype` and `rope_parameters`; real Qwen2/Llama checkpoints (and older readers, the
+    converter among them) have `torch_dtype` and a `rope_theta` (in `rope_section` when given),
+    so both spellings are written."""
+    import torch
+
+    torch_dtype = {"bf16": torch.bfloat16, "f16": torch.float16}[dtype]
+    model.to(torch_dtype)
+    model.config.dtype = torch_dtype
+    model.save_pretrained(str(out), safe_serialization=True)
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["torch_dtype"] = {"bf16": "bfloat16", "f16": "float16"}[dtype]
+    (cfg[rope_section] if rope_section else cfg)["rope_theta"] = rope_theta
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def build(arch: str, dtype: str, out: Path, seed: int = SEED) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -229,17 +247,7 @@ def build(arch: str, dtype: str, out: Path, seed: int = SEED) -> dict:
     assert len(tok) == VOCAB_SIZE, len(tok)
     continuations = check_generation(model, tok)
 
-    torch_dtype = {"bf16": torch.bfloat16, "f16": torch.float16}[dtype]
-    model = model.to(torch_dtype)
-    model.config.dtype = torch_dtype
-    model.save_pretrained(str(out), safe_serialization=True)
-    # transformers 5 writes `dtype` and `rope_parameters`; real Qwen2/Llama checkpoints (and
-    # older readers) have `torch_dtype` and a top-level `rope_theta`: write both spellings.
-    cfg_path = out / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["torch_dtype"] = {"bf16": "bfloat16", "f16": "float16"}[dtype]
-    cfg["rope_theta"] = ROPE_THETA[arch]
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    save_weights(model, out, dtype, ROPE_THETA[arch])
     eos = [special["<|im_end|>"], special["<|endoftext|>"]]
     gen_cfg = GenerationConfig(
         bos_token_id=special["<|endoftext|>"],
@@ -474,15 +482,7 @@ def build_mllama(dtype: str, out: Path, seed: int = SEED) -> dict:
     _init_mllama_weights(model, seed)
     model.eval()
     checked = check_mllama(model, out)
-    torch_dtype = {"bf16": torch.bfloat16, "f16": torch.float16}[dtype]
-    model = model.to(torch_dtype)
-    model.config.dtype = torch_dtype
-    model.save_pretrained(str(out), safe_serialization=True)
-    cfg_path = out / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["torch_dtype"] = {"bf16": "bfloat16", "f16": "float16"}[dtype]
-    cfg["text_config"]["rope_theta"] = ROPE_THETA["llama"]
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    save_weights(model, out, dtype, ROPE_THETA["llama"], rope_section="text_config")
     eos = [special["<|eot_id|>"], special["<|end_of_text|>"]]
     GenerationConfig(bos_token_id=special["<|begin_of_text|>"], eos_token_id=eos,
                      pad_token_id=special["<|finetune_right_pad_id|>"]).save_pretrained(str(out))
