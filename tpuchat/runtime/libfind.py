@@ -29,8 +29,13 @@ class RuntimeLocation:
     version: Optional[str]
 
 
+def bmrt_library(d) -> Optional[Path]:
+    """The libbmrt file in directory `d` that the shim would open, if any."""
+    return next((Path(d) / n for n in _BMRT_NAMES if (Path(d) / n).exists()), None)
+
+
 def _has_libs(d: Path) -> bool:
-    return any((d / n).exists() for n in _BMRT_NAMES) and any((d / n).exists() for n in _BMLIB_NAMES)
+    return bmrt_library(d) is not None and any((d / n).exists() for n in _BMLIB_NAMES)
 
 
 def _is_simulator(d: Path) -> bool:

@@ -15,19 +15,16 @@ from pathlib import Path
 from typing import Optional
 
 from ..paths import state_dir
-
-_LIBS = ("libbmrt.so.1.0", "libbmrt.so.1", "libbmrt.so")
+from .libfind import bmrt_library
 
 
 def _key(lib_dir) -> Optional[str]:
-    for name in _LIBS:
-        p = Path(lib_dir) / name
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        return f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}"
-    return None
+    p = bmrt_library(lib_dir)
+    try:
+        st = p.stat() if p else None
+    except OSError:
+        return None
+    return f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}" if st else None
 
 
 def _file() -> Path:
