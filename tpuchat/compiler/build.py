@@ -17,8 +17,13 @@ cache dir):
         llm_convert.log                      the compiler's output
         reference/<key>.json                 cached transformers reference results
 
-`<hash>` covers the builder's sources and the variant's parameters, so an
-edit to the builder rebuilds; an unchanged call returns at once.
+`<hash>` covers only what the variant's output depends on (see
+`variant_sources`): the compiler's pinned requirements, the source-model
+script, the scripts of the variant's own route (llm_convert, the vision
+driver, or the seed pipelines' ONNX exporter) and the variant's parameters.
+So an edit to one route rebuilds only its fixtures; an unchanged call returns
+at once.  Bump OUTPUT_LAYOUT when build.py itself changes what lands in a
+variant's directory.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ HERE = Path(__file__).resolve().parent
 TINYMODELS = HERE / "tinymodels.py"
 REFERENCE = HERE / "reference.py"
 CONVERT_DRIVER = HERE / "convert_driver.py"
-BUILDER_SOURCES = (HERE / "toolchain.py", TINYMODELS, HERE / "build.py", CONVERT_DRIVER)
+
+# Bump when build.py changes the files it leaves in a variant's directory
+# (everything else that shapes a fixture is hashed by content: see variant_sources).
+OUTPUT_LAYOUT = 1
 
 SEQ_LENGTH = 256
 CHIP = "bm1684x"
@@ -120,12 +128,24 @@ def _sources_hash(paths) -> str:
     return _sha(*(p.read_bytes() for p in paths))
 
 
+def _requirements(v: Variant) -> tuple[str, ...]:
+    return toolchain.MULTIDEV_REQUIREMENTS if v.toolchain == "multidev" else toolchain.REQUIREMENTS
+
+
+def variant_sources(v: Variant) -> tuple[Path, ...]:
+    """The scripts whose content shapes variant `v`'s output (beside its parameters):
+    the source model's script and the variant's own compile route, nothing else."""
+    route: tuple[Path, ...] = (CONVERT_DRIVER,) if v.arch == "mllama" else ()
+    return (TINYMODELS, *route)
+
+
 def variant_hash(v: Variant) -> str:
-    return _sha(_sources_hash(BUILDER_SOURCES), json.dumps(asdict(v), sort_keys=True))
+    return _sha(_sources_hash(variant_sources(v)), json.dumps(_requirements(v)), str(OUTPUT_LAYOUT),
+                json.dumps(asdict(v), sort_keys=True))
 
 
 def source_hash(arch: str, dtype: str) -> str:
-    return _sha(_sources_hash((HERE / "toolchain.py", TINYMODELS)), arch, dtype)
+    return _sha(_sources_hash((TINYMODELS,)), json.dumps(toolchain.REQUIREMENTS), arch, dtype)
 
 
 def _tail(path: Path, n: int = 30) -> str:
