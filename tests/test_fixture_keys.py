@@ -30,6 +30,14 @@ def test_the_vision_driver_keys_only_the_vision_fixture(monkeypatch, tmp_path):
     assert _changed(before, _keys()) == {"mllama"}
 
 
+@pytest.mark.parametrize("attr", ["SEED_EXPORT", "SEED_BUILD", "SEED_REPLAY"])
+def test_the_onnx_exporter_keys_only_the_seed_format_fixtures(monkeypatch, tmp_path, attr):
+    before = _keys()
+    _edit(monkeypatch, tmp_path, attr)
+    seeds = {n for n, v in build.VARIANTS.items() if v.route in build.SEED_ROUTES}
+    assert seeds and _changed(before, _keys()) == seeds
+
+
 def test_the_source_model_script_keys_every_fixture(monkeypatch, tmp_path):
     before = _keys()
     _edit(monkeypatch, tmp_path, "TINYMODELS")

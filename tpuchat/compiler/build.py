@@ -44,6 +44,11 @@ HERE = Path(__file__).resolve().parent
 TINYMODELS = HERE / "tinymodels.py"
 REFERENCE = HERE / "reference.py"
 CONVERT_DRIVER = HERE / "convert_driver.py"
+SEED_EXPORT = HERE / "seed_export.py"
+SEED_BUILD = HERE / "seed_build.py"
+SEED_REPLAY = HERE / "seed_replay.py"
+# Routes that compile per-net ONNX as Sophgo's older pipelines did (seed_build.py).
+SEED_ROUTES = ("sophon-demo", "qwen-tpu")
 
 # Bump when build.py changes the files it leaves in a variant's directory
 # (everything else that shapes a fixture is hashed by content: see variant_sources).
@@ -70,6 +75,9 @@ class Variant:
     extra: tuple[str, ...] = field(default_factory=tuple)  # more llm_convert flags
     chip: str = CHIP
     toolchain: str = "main"  # main | multidev (TPU-MLIR 1.24, for --num_device N)
+    # llm_convert, or a seed pipeline's layout (SEED_ROUTES): per-net ONNX from seed_export.py
+    # compiled by model_transform/model_deploy/model_tool; `extra` is then seed_export.py flags.
+    route: str = "llm_convert"
 
     def convert_args(self, model_dir: Path, out_dir: Path) -> list[str]:
         return ["-m", str(model_dir), "-s", str(self.seq_length), "-q", self.quantize,
@@ -95,6 +103,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     # A 2-device bmodel (TPU-MLIR 1.24; 1.30.2 cannot compile --num_device 2).
     # The simulator has one device: only its description and layout plan are tested.
     Variant("qwen2-2dev", "qwen2", "bf16", "bf16", extra=("--num_device", "2"), toolchain="multidev"),
+    # The formats users' older bmodels have (DESIGN.md section 10), from the same tiny Qwen2.
+    # sophon-demo sample/Qwen1_5: f32-logit lm_head, greedy_head, 5-input penalty_sample_head.
+    Variant("seed-sophon-demo", "qwen2", "bf16", "bf16", route="sophon-demo"),
+    # Qwen-TPU: two-stage embedding ([1,1] then [1,SEQ]), qwen_block_N, top-1 lm_head.
+    Variant("seed-qwen-tpu", "qwen2", "bf16", "bf16", route="qwen-tpu"),
 ]}
 ALIASES = {"demo": DEMO_ALIAS}
 NAMES = (*VARIANTS, *ALIASES)
@@ -129,13 +142,22 @@ def _sources_hash(paths) -> str:
 
 
 def _requirements(v: Variant) -> tuple[str, ...]:
-    return toolchain.MULTIDEV_REQUIREMENTS if v.toolchain == "multidev" else toolchain.REQUIREMENTS
+    if v.toolchain == "multidev":
+        return toolchain.MULTIDEV_REQUIREMENTS
+    if v.route in SEED_ROUTES:
+        return (*toolchain.REQUIREMENTS, *toolchain.ONNX_REQUIREMENTS)
+    return toolchain.REQUIREMENTS
 
 
 def variant_sources(v: Variant) -> tuple[Path, ...]:
     """The scripts whose content shapes variant `v`'s output (beside its parameters):
     the source model's script and the variant's own compile route, nothing else."""
-    route: tuple[Path, ...] = (CONVERT_DRIVER,) if v.arch == "mllama" else ()
+    if v.route in SEED_ROUTES:
+        route: tuple[Path, ...] = (SEED_EXPORT, SEED_BUILD, SEED_REPLAY)
+    elif v.route != "llm_convert":
+        raise BuildError(f"variant {v.name}: unknown route {v.route!r}")
+    else:
+        route = (CONVERT_DRIVER,) if v.arch == "mllama" else ()
     return (TINYMODELS, *route)
 
 
@@ -254,13 +276,17 @@ def build(name: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         args = v.convert_args(src, tmp)
-        log_path = tmp / "llm_convert.log"
-        _log(f"compiling {v.name}: llm_convert {' '.join(args)}")
+        log_path = tmp / ("llm_convert.log" if v.route == "llm_convert" else "compile.log")
         t0 = time.monotonic()
         try:
-            _run_logged(_convert_command(tc, v, args), log_path, _venv_env(tc), tmp, timeout=1800)
+            if v.route in SEED_ROUTES:
+                _log(f"compiling {v.name}: per-net ONNX in the {v.route} layout")
+                bmodel = _compile_seed(v, src, tmp, tc, log_path)
+            else:
+                _log(f"compiling {v.name}: llm_convert {' '.join(args)}")
+                _run_logged(_convert_command(tc, v, args), log_path, _venv_env(tc), tmp, timeout=1800)
+                bmodel = _collect_outputs(tmp, src, log_path)
             seconds = round(time.monotonic() - t0, 2)
-            bmodel = _collect_outputs(tmp, src, log_path)
             if v.toolchain == "multidev":
                 _record_description(tc, bmodel, tmp, log_path)
         except BuildError as exc:
@@ -270,7 +296,8 @@ def build(name: str) -> Path:
             "variant": v.name,
             "params": asdict(v),
             # as run, except that -o names the final dir (the build ran in a temp dir beside it)
-            "llm_convert_args": v.convert_args(src, final),
+            "llm_convert_args": v.convert_args(src, final) if v.route == "llm_convert" else None,
+            "route": v.route,
             "seconds": seconds,
             "bmodel": bmodel.name,
             "bmodel_bytes": bmodel.stat().st_size,
@@ -295,6 +322,20 @@ def _convert_command(tc: toolchain.Toolchain, v: Variant, args: list[str]) -> li
     return [str(tc.llm_convert), *args]
 
 
+def _compile_seed(v: Variant, src: Path, out: Path, tc: toolchain.Toolchain, log_path: Path) -> Path:
+    """Per-net ONNX export + model_transform/model_deploy/model_tool (seed_build.py)."""
+    from . import seed_build
+
+    try:
+        env = _venv_env(tc)
+        env["PYTHONPATH"] = str(toolchain.ensure_onnx(tc, log=_log))
+        bmodel = seed_build.compile_seed(v, src, out, tc, _run_logged, env, log_path)
+    except RuntimeError as exc:  # BuildError included
+        raise BuildError(str(exc)) from None
+    _copy_config(out, src)
+    return bmodel
+
+
 def _collect_outputs(out: Path, src: Path, log_path: Path) -> Path:
     """Tidy llm_convert's output dir: one stable-named bmodel + config/."""
     bmodels = sorted(out.glob("*.bmodel"))
@@ -313,6 +354,12 @@ def _collect_outputs(out: Path, src: Path, log_path: Path) -> Path:
         shutil.rmtree(work)
     stable = out / f"{stem}.bmodel"
     os.rename(bmodel, stable)
+    _copy_config(out, src)
+    return stable
+
+
+def _copy_config(out: Path, src: Path) -> None:
+    """config/ beside the bmodel: the tokenizer and config files of the source model."""
     config = out / "config"
     config.mkdir(exist_ok=True)
     for fname in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json",
@@ -322,7 +369,6 @@ def _collect_outputs(out: Path, src: Path, log_path: Path) -> Path:
     for fname in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):
         if not (config / fname).exists():
             raise BuildError(f"{config} lacks {fname}")
-    return stable
 
 
 def _record_description(tc: toolchain.Toolchain, bmodel: Path, out: Path, log_path: Path) -> None:

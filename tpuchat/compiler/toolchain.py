@@ -332,6 +332,54 @@ def ensure_multidev(log=None) -> Toolchain:
                         f"install-{MULTIDEV_TPU_MLIR_VERSION}.log", log)
 
 
+# --- ONNX import, for the seed pipelines' per-net route ------------------
+# model_transform.py needs onnx, onnxruntime and onnxsim for ONNX nets (the
+# wheel's `onnx` extra, with its pins); torch's exporter needs onnx.  They go
+# into a directory of their own, put on PYTHONPATH only for those builds, so
+# the llm_convert venv (and its readiness marker) stays exactly as it is.
+ONNX_REQUIREMENTS = (
+    "onnx==1.14.1",
+    "onnxruntime==1.16.3",
+    "onnxsim==0.4.17",
+    # onnxruntime's dependencies that the venv lacks (the rest it has)
+    "coloredlogs==15.0.1",
+    "humanfriendly==10.0",
+)
+
+
+def onnx_dir() -> Path:
+    return compiler_dir() / "onnx-overlay"
+
+
+def ensure_onnx(tc: Toolchain, log=None) -> Path:
+    """The directory holding ONNX_REQUIREMENTS (installed on first use with the venv's pip)."""
+    target = onnx_dir()
+    marker = target / MARKER_NAME
+    payload = json.dumps(list(ONNX_REQUIREMENTS))
+
+    def ready() -> bool:
+        try:
+            return marker.read_text() == payload
+        except OSError:
+            return False
+
+    if ready():
+        return target
+    with file_lock(compiler_dir() / ".install-onnx.lock"):
+        if ready():
+            return target
+        log_path = compiler_dir() / "install-onnx.log"
+        log_path.write_text("")
+        shutil.rmtree(target, ignore_errors=True)
+        _log(log, f"installing the ONNX importer into {target} (log: {log_path})")
+        # --no-deps: everything else they need is already in the venv, at the versions tpu-mlir pins
+        _run([str(tc.python), "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
+              "--target", str(target), *ONNX_REQUIREMENTS], log_path, env=tc.env())
+        _run([str(tc.python), "-c", "import onnx, onnxruntime, onnxsim"], log_path, env=tc.env(target))
+        marker.write_text(payload)
+    return target
+
+
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
     pick = ensure_multidev if "--multidev" in args else ensure
