@@ -58,8 +58,9 @@ def check_layers(nets, prefix, io_alone):
         assert [t.name for t in cache.stages[0].inputs][3:] == ["history_k", "history_v"]
 
 
-def test_sophon_demo_nets_are_the_pipelines():
-    nets = bmodel_nets.read(models.bmodel_path("seed-sophon-demo"))
+@pytest.mark.parametrize("variant, io_alone", [("seed-sophon-demo", True), ("seed-sophon-demo-basic", False)])
+def test_sophon_demo_nets_are_the_pipelines(variant, io_alone):
+    nets = bmodel_nets.read(models.bmodel_path(variant))
     names = {n.name for n in nets.nets}
     assert names == {"embedding", "embedding_cache", "lm_head", "greedy_head", "penalty_sample_head",
                      *(f"block{c}_{i}" for c in ("", "_cache") for i in range(LAYERS))}
@@ -72,7 +73,7 @@ def test_sophon_demo_nets_are_the_pipelines():
                                                        "penalty"]
     assert io(head) == ([("f32", [1, VOCAB]), ("int32", [1, SEQ]), ("f32", [1]), ("f32", [1]), ("f32", [1])],
                         [("f32", [1, 50]), ("int32", [1, 50])])
-    check_layers(nets, "", io_alone=True)
+    check_layers(nets, "", io_alone=io_alone)
 
 
 def test_qwen_tpu_nets_are_the_pipelines():
@@ -88,7 +89,7 @@ def test_qwen_tpu_nets_are_the_pipelines():
     check_layers(nets, "qwen_", io_alone=True)
 
 
-@pytest.mark.parametrize("variant", ["seed-sophon-demo", "seed-qwen-tpu"])
+@pytest.mark.parametrize("variant", ["seed-sophon-demo", "seed-sophon-demo-basic", "seed-qwen-tpu"])
 def test_greedy_ids_equal_transformers(variant, open_variant):
     client, _ = open_variant(variant)
     ids = prompt_ids(variant)

@@ -106,6 +106,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     # The formats users' older bmodels have (DESIGN.md section 10), from the same tiny Qwen2.
     # sophon-demo sample/Qwen1_5: f32-logit lm_head, greedy_head, 5-input penalty_sample_head.
     Variant("seed-sophon-demo", "qwen2", "bf16", "bf16", route="sophon-demo"),
+    # ... its basic-address-mode build (gen_bmodel.sh without --addr_mode io_alone)
+    Variant("seed-sophon-demo-basic", "qwen2", "bf16", "bf16", route="sophon-demo", extra=("--basic",)),
     # Qwen-TPU: two-stage embedding ([1,1] then [1,SEQ]), qwen_block_N, top-1 lm_head.
     Variant("seed-qwen-tpu", "qwen2", "bf16", "bf16", route="qwen-tpu"),
 ]}

@@ -154,8 +154,10 @@ def _modules(model, sh: Shapes):
 
         def __init__(self):
             super().__init__()
-            keep = torch.zeros(1, TOP_K, dtype=torch.bool)
-            keep[0, :MIN_KEEP] = True
+            # 1.0 where top-p may not drop the token; float, since model_transform takes no
+            # boolean constants
+            keep = torch.zeros(1, TOP_K)
+            keep[0, :MIN_KEEP] = 1.0
             self.register_buffer("keep", keep)
 
         def forward(self, m_logits, input_ids, top_p, temperature, penalty):
@@ -166,8 +168,8 @@ def _modules(model, sh: Shapes):
             top, token = torch.topk(logits, TOP_K)
             top = top / temperature
             cumulative = top.softmax(dim=1).cumsum(dim=1)
-            keep = (cumulative < top_p) | self.keep
-            filtered = torch.where(keep, top, torch.full_like(top, -1000.0))
+            keep = torch.maximum((cumulative < top_p).float(), self.keep)
+            filtered = torch.where(keep > 0.5, top, torch.full_like(top, -1000.0))
             return filtered.softmax(dim=1), token.int()
 
     layers = model.model.layers
