@@ -38,6 +38,12 @@ def test_the_onnx_exporter_keys_only_the_seed_format_fixtures(monkeypatch, tmp_p
     assert seeds and _changed(before, _keys()) == seeds
 
 
+def test_the_bigcode_source_script_keys_only_the_wizardcoder_fixture(monkeypatch, tmp_path):
+    before = _keys()
+    _edit(monkeypatch, tmp_path, "TINY_BIGCODE")
+    assert _changed(before, _keys()) == {"seed-wizardcoder"}
+
+
 def test_the_source_model_script_keys_every_fixture(monkeypatch, tmp_path):
     before = _keys()
     _edit(monkeypatch, tmp_path, "TINYMODELS")

@@ -48,7 +48,9 @@ SEED_EXPORT = HERE / "seed_export.py"
 SEED_BUILD = HERE / "seed_build.py"
 SEED_REPLAY = HERE / "seed_replay.py"
 # Routes that compile per-net ONNX as Sophgo's older pipelines did (seed_build.py).
-SEED_ROUTES = ("sophon-demo", "qwen-tpu")
+SEED_ROUTES = ("sophon-demo", "qwen-tpu", "wizardcoder")
+# The source-model script of each architecture (tiny_bigcode.py builds on tinymodels.py).
+TINY_BIGCODE = HERE / "tiny_bigcode.py"
 
 # Bump when build.py changes the files it leaves in a variant's directory
 # (everything else that shapes a fixture is hashed by content: see variant_sources).
@@ -68,7 +70,7 @@ class BuildError(RuntimeError):
 @dataclass(frozen=True)
 class Variant:
     name: str
-    arch: str  # qwen2 | llama | mllama
+    arch: str  # qwen2 | llama | mllama | gpt_bigcode
     dtype: str  # dtype of the source model: bf16 | f16
     quantize: str  # llm_convert -q
     seq_length: int = SEQ_LENGTH
@@ -110,6 +112,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("seed-sophon-demo-basic", "qwen2", "bf16", "bf16", route="sophon-demo", extra=("--basic",)),
     # Qwen-TPU: two-stage embedding ([1,1] then [1,SEQ]), qwen_block_N, top-1 lm_head.
     Variant("seed-qwen-tpu", "qwen2", "bf16", "bf16", route="qwen-tpu"),
+    # WizardCoder (LLM-TPU models/WizardCoder): a tiny GPT-BigCode, F16 with f32 IO, basic addressing.
+    Variant("seed-wizardcoder", "gpt_bigcode", "f16", "f16", route="wizardcoder"),
 ]}
 ALIASES = {"demo": DEMO_ALIAS}
 NAMES = (*VARIANTS, *ALIASES)
@@ -160,7 +164,11 @@ def variant_sources(v: Variant) -> tuple[Path, ...]:
         raise BuildError(f"variant {v.name}: unknown route {v.route!r}")
     else:
         route = (CONVERT_DRIVER,) if v.arch == "mllama" else ()
-    return (TINYMODELS, *route)
+    return (*_source_scripts(v.arch), *route)
+
+
+def _source_scripts(arch: str) -> tuple[Path, ...]:
+    return (TINYMODELS, TINY_BIGCODE) if arch == "gpt_bigcode" else (TINYMODELS,)
 
 
 def variant_hash(v: Variant) -> str:
@@ -169,7 +177,7 @@ def variant_hash(v: Variant) -> str:
 
 
 def source_hash(arch: str, dtype: str) -> str:
-    return _sha(_sources_hash((TINYMODELS,)), json.dumps(toolchain.REQUIREMENTS), arch, dtype)
+    return _sha(_sources_hash(_source_scripts(arch)), json.dumps(toolchain.REQUIREMENTS), arch, dtype)
 
 
 def _tail(path: Path, n: int = 30) -> str:
@@ -222,8 +230,9 @@ def source_dir(arch: str, dtype: str, tc: toolchain.Toolchain | None = None) -> 
         _log(f"building tiny {arch} ({dtype}) source model")
         log_path = tmp / "tinymodels.log"
         try:
-            _run_logged([str(tc.python), "-I", str(TINYMODELS), "--arch", arch, "--dtype", dtype,
-                         "--out", str(out)], log_path, _venv_env(tc), tmp, timeout=900)
+            script = [str(TINY_BIGCODE)] if arch == "gpt_bigcode" else [str(TINYMODELS), "--arch", arch]
+            _run_logged([str(tc.python), "-I", *script, "--dtype", dtype, "--out", str(out)],
+                        log_path, _venv_env(tc), tmp, timeout=900)
         except BuildError as exc:
             kept = _keep_failed(tmp, f"src-{arch}-{dtype}")
             raise BuildError(str(exc).replace(str(tmp), str(kept))) from None
@@ -365,7 +374,7 @@ def _copy_config(out: Path, src: Path) -> None:
     config = out / "config"
     config.mkdir(exist_ok=True)
     for fname in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json",
-                  "special_tokens_map.json", "preprocessor_config.json"):
+                  "special_tokens_map.json", "preprocessor_config.json", "vocab.json", "merges.txt"):
         if (src / fname).exists() and not (config / fname).exists():
             shutil.copy2(src / fname, config / fname)
     for fname in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):

@@ -21,6 +21,7 @@ SEED_EXPORT = HERE / "seed_export.py"
 OUTPUT_NAMES = {
     "sophon-demo": "qwen2-tiny_{quant}_seq{seq}_1dev.bmodel",
     "qwen-tpu": "qwen-tiny_{quant}.bmodel",
+    "wizardcoder": "wizardcoder-tiny_{quant}.bmodel",
 }
 
 

@@ -23,6 +23,13 @@ qwen-tpu  (sophgo/Qwen-TPU compile/, Qwen-7B v1)
     top-1 int32.  A tiny Qwen2 stands in for Qwen-7B v1: same block structure
     (RMSNorm, q/k/v with bias, RoPE, SwiGLU, no o_proj bias), with GQA KV heads
     and none of v1's logn query scaling, so transformers' Qwen2 is the reference.
+wizardcoder  (sophgo/LLM-TPU models/WizardCoder/compile, GPT-BigCode; source: tiny_bigcode.py)
+    `embedding` (input_ids, input_pos: learned positions) with stages [1,1]
+    then [1,SEQ]; block_N (hidden, mask) -> hidden, past_layer [1,SEQ,2*D];
+    block_cache_N (hidden, past_cache [1,SEQ,2*D], mask [1,1,1,SEQ+1]) ->
+    hidden, current_cache [1,SEQ+1,2*D] (K and V of the one multi-query head
+    side by side; the caller keeps the cache right-aligned and slides it up a
+    row per step); lm_head [1,H] -> top-1; F16, all IO f32, basic addressing.
 
 Integer inputs are exported as int32 (what the runtimes write); masks are
 additive (0 visible, large negative hidden) and supplied by the caller.
@@ -48,8 +55,6 @@ def load(model_dir: str):
     torch.set_grad_enabled(False)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     model.requires_grad_(False)  # the nets capture the weights as constants
-    if model.config.model_type != "qwen2":
-        raise SystemExit(f"seed_export: a qwen2 model is needed, got {model.config.model_type}")
     return model
 
 
@@ -259,7 +264,82 @@ def export_qwen_tpu(model, sh: Shapes, out: Path, quantize: str, io_alone: bool)
     return steps + export_layers(mods, sh, out, "qwen_", quantize, io_alone)
 
 
-FORMATS = {"sophon-demo": export_sophon_demo, "qwen-tpu": export_qwen_tpu}
+def _bigcode_modules(model, seq: int):
+    """WizardCoder's nets over a GPTBigCodeForCausalLM: multi-query attention, the one K/V head's
+    K and V side by side in one cache row [2*head_dim]."""
+    import torch
+
+    tr = model.transformer
+    c = model.config
+    embed_dim, heads = c.n_embd, c.n_head
+    head_dim = embed_dim // heads
+    scale = head_dim ** -0.5
+
+    class Layer(torch.nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        def forward_rows(self, hidden, history, mask):
+            s = hidden.shape[1]
+            qkv = self.layer.attn.c_attn(self.layer.ln_1(hidden))
+            q = qkv[..., :embed_dim].reshape(1, s, heads, head_dim).transpose(1, 2)
+            new = qkv[..., embed_dim:]  # [1, s, 2*head_dim]: K then V
+            rows = new if history is None else torch.cat([history, new], dim=1)
+            k = rows[..., :head_dim].unsqueeze(1)  # [1, 1, rows, D], shared by every head
+            v = rows[..., head_dim:].unsqueeze(1)
+            probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * scale + mask, dim=-1)
+            out = torch.matmul(probs, v).transpose(1, 2).reshape(1, s, embed_dim)
+            hidden = hidden + self.layer.attn.c_proj(out)
+            return hidden + self.layer.mlp(self.layer.ln_2(hidden)), rows
+
+    class Block(Layer):
+        def forward(self, hidden, attention_mask):
+            return self.forward_rows(hidden, None, attention_mask)
+
+    class BlockCache(Layer):
+        def forward(self, hidden, past_cache, attention_mask):
+            return self.forward_rows(hidden, past_cache, attention_mask)
+
+    class Embedding(torch.nn.Module):
+        def forward(self, input_ids, input_pos):
+            return tr.wte(input_ids.long()) + tr.wpe(input_pos.long())
+
+    class LmHead(torch.nn.Module):
+        def forward(self, hidden):
+            return torch.topk(model.lm_head(tr.ln_f(hidden)).float(), 1)[1].int()
+
+    return Block, BlockCache, Embedding, LmHead, head_dim
+
+
+def export_wizardcoder(model, sh, out: Path, quantize: str, io_alone: bool) -> list:
+    """LLM-TPU models/WizardCoder/compile: everything F16 with f32 IO (no --quant_input/output),
+    basic addressing, embedding stages [1,1] then [1,SEQ]."""
+    import torch
+
+    Block, BlockCache, Embedding, LmHead, head_dim = _bigcode_modules(model, sh.seq)
+    seq, hidden = sh.seq, model.config.n_embd
+    ids = torch.arange(seq, dtype=torch.int32)[None]
+    export(Embedding(), (ids, ids), out / "embedding.onnx", ["input_ids", "input_pos"], ["hidden_state"])
+    f16 = dict(quant_input=False, quant_output=False)
+    steps = [step("embedding", "embedding.onnx", quantize, [[1, 1], [1, 1]], **f16),
+             step("embedding", "embedding.onnx", quantize, [[1, seq], [1, seq]], **f16)]
+    export(LmHead(), (torch.randn(1, hidden),), out / "lm_head.onnx", ["hidden_states"], ["token"])
+    steps.append(step("lm_head", "lm_head.onnx", quantize, **f16))
+    layers = model.transformer.h
+    for i in range(model.config.n_layer):
+        mask = torch.zeros(1, 1, seq, seq)
+        export(Block(layers[i]), (torch.randn(1, seq, hidden), mask), out / f"block_{i}.onnx",
+               ["input_states", "attention_mask"], ["hidden_states", "past_layer"])
+        steps.append(step(f"block_{i}", f"block_{i}.onnx", quantize, **f16))
+        args = (torch.randn(1, 1, hidden), torch.randn(1, seq, 2 * head_dim), torch.zeros(1, 1, 1, seq + 1))
+        export(BlockCache(layers[i]), args, out / f"block_cache_{i}.onnx",
+               ["input_states", "past_cache", "attention_mask"], ["hidden_states", "current_cache"])
+        steps.append(step(f"block_cache_{i}", f"block_cache_{i}.onnx", quantize, io_alone=io_alone, **f16))
+    return steps
+
+
+FORMATS = {"sophon-demo": export_sophon_demo, "qwen-tpu": export_qwen_tpu, "wizardcoder": export_wizardcoder}
 
 
 def main(argv=None) -> int:
@@ -269,16 +349,21 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--quantize", default="BF16", help="model_deploy --quantize for the layers and lm_head")
-    ap.add_argument("--basic", action="store_true", help="decode layers in basic address mode (not io_alone)")
+    ap.add_argument("--basic", action="store_true", help="decode layers in basic address mode (not io_alone; "
+                    "wizardcoder is always basic)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = load(args.model)
-    sh = Shapes(model, args.seq)
+    want = "gpt_bigcode" if args.format == "wizardcoder" else "qwen2"
+    if model.config.model_type != want:
+        raise SystemExit(f"seed_export: the {args.format} layout needs a {want} model, got {model.config.model_type}")
+    sh = Shapes(model, args.seq) if want == "qwen2" else argparse.Namespace(seq=args.seq)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = FORMATS[args.format](model, sh, out, args.quantize, not args.basic)
+    steps = FORMATS[args.format](model, sh, out, args.quantize, not args.basic and want == "qwen2")
     (out / "nets.json").write_text(json.dumps({"format": args.format, "steps": steps}, indent=1) + "\n")
     print(f"exported {len(steps)} nets to {out}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import seed_replay  # beside this script
 
     result = seed_replay.check(out, model)

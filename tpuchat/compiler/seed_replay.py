@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 MASK = -10000.0
+MASK_BIGCODE = -1000.0  # WizardCoder's masks
 PROMPT = list(range(20, 45))
 STEPS = 8
 
@@ -82,6 +83,60 @@ def replay(onnx: Path, prompt: list[int], steps: int) -> list[int]:
     return tokens
 
 
+def replay_wizardcoder(onnx: Path, prompt: list[int], steps: int) -> list[int]:
+    """WizardCoder's sequence: prefill at the front of the window with a causal mask over all SEQ
+    rows; the prompt's cache rows then move to the END of the cache (right-aligned); each decode
+    step gets a mask of SEQ+1 entries hiding the first SEQ-L (L tokens so far), returns SEQ+1 rows
+    and the cache becomes the last SEQ of them."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+
+    def session(name):
+        return ort.InferenceSession(str(onnx / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+
+    embed = session("embedding")
+    seq = embed.get_inputs()[0].shape[1]
+    plan = json.loads((onnx / "nets.json").read_text())
+    layers = sum(1 for st in plan["steps"] if st["name"].startswith("block_cache_"))
+    blocks = [session(f"block_{i}") for i in range(layers)]
+    caches = [session(f"block_cache_{i}") for i in range(layers)]
+    lm = session("lm_head")
+
+    def embed_at(ids, start):
+        buf, pos = np.zeros((1, seq), np.int32), np.zeros((1, seq), np.int32)
+        buf[0, :len(ids)] = ids
+        pos[0, :len(ids)] = np.arange(start, start + len(ids))
+        return embed.run(None, {"input_ids": buf, "input_pos": pos})[0][:, :len(ids)]
+
+    def head(h):
+        return int(lm.run(None, {"hidden_states": h.reshape(1, -1).astype(np.float32)})[0].reshape(-1)[0])
+
+    n = len(prompt)
+    hidden = np.zeros((1, seq, embed.get_outputs()[0].shape[2]), np.float32)
+    hidden[:, :n] = embed_at(prompt, 0)
+    mask = np.triu(np.full((1, 1, seq, seq), MASK_BIGCODE, np.float32), k=1)
+    kv = []
+    for b in blocks:
+        hidden, rows = b.run(None, {"input_states": hidden, "attention_mask": mask})
+        cache = np.zeros_like(rows)
+        cache[:, seq - n:] = rows[:, :n]
+        kv.append(cache)
+    tokens = [head(hidden[:, n - 1])]
+    for _ in range(steps - 1):
+        h = embed_at([tokens[-1]], n)
+        m = np.zeros((1, 1, 1, seq + 1), np.float32)
+        m[..., :seq - n] = MASK_BIGCODE
+        for i, c in enumerate(caches):
+            h, rows = c.run(None, {"input_states": h, "past_cache": kv[i], "attention_mask": m})
+            kv[i] = rows[:, 1:]
+        n += 1
+        tokens.append(head(h))
+    return tokens
+
+
 def reference(model, prompt: list[int], steps: int) -> list[int]:
     """transformers' greedy tokens (float32 model)."""
     import torch
@@ -94,7 +149,8 @@ def reference(model, prompt: list[int], steps: int) -> list[int]:
 
 def check(onnx: Path, model) -> dict:
     """{"replay": tokens, "reference": tokens, "equal": bool}"""
-    got = replay(onnx, PROMPT, STEPS)
+    fmt = json.loads((onnx / "nets.json").read_text())["format"]
+    got = (replay_wizardcoder if fmt == "wizardcoder" else replay)(onnx, PROMPT, STEPS)
     want = reference(model, PROMPT, STEPS)
     return {"prompt": PROMPT, "replay": got, "reference": want, "equal": got == want}
 
