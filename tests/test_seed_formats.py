@@ -89,7 +89,28 @@ def test_qwen_tpu_nets_are_the_pipelines():
     check_layers(nets, "qwen_", io_alone=True)
 
 
-@pytest.mark.parametrize("variant", ["seed-sophon-demo", "seed-sophon-demo-basic", "seed-qwen-tpu"])
+def test_wizardcoder_nets_are_the_pipelines():
+    nets = bmodel_nets.read(models.bmodel_path("seed-wizardcoder"))
+    assert {n.name for n in nets.nets} == {"embedding", "lm_head",
+                                           *(f"block{c}_{i}" for c in ("", "_cache") for i in range(LAYERS))}
+    embed = nets.net("embedding")
+    assert len(embed.stages) == 2 and [t.name for t in embed.stages[0].inputs] == ["input_ids", "input_pos"]
+    assert io(embed, 0) == ([("int32", [1, 1])] * 2, [("f32", [1, 1, HIDDEN])])
+    assert io(embed, 1) == ([("int32", [1, SEQ])] * 2, [("f32", [1, SEQ, HIDDEN])])
+    cache_row = 2 * HEAD_DIM  # K and V of the one multi-query head, side by side
+    for i in range(LAYERS):
+        block, cache = nets.net(f"block_{i}"), nets.net(f"block_cache_{i}")
+        assert io(block) == ([("f32", [1, SEQ, HIDDEN]), ("f32", [1, 1, SEQ, SEQ])],
+                             [("f32", [1, SEQ, HIDDEN]), ("f32", [1, SEQ, cache_row])])
+        assert io(cache) == ([("f32", [1, 1, HIDDEN]), ("f32", [1, SEQ, cache_row]), ("f32", [1, 1, 1, SEQ + 1])],
+                             [("f32", [1, 1, HIDDEN]), ("f32", [1, SEQ + 1, cache_row])])
+        assert [t.name for t in cache.stages[0].inputs] == ["input_states", "past_cache", "attention_mask"]
+        assert cache.addr_mode == 0 and block.addr_mode == 0
+    assert io(nets.net("lm_head")) == ([("f32", [1, HIDDEN])], [("int32", [1, 1])])
+
+
+@pytest.mark.parametrize("variant", ["seed-sophon-demo", "seed-sophon-demo-basic", "seed-qwen-tpu",
+                                     "seed-wizardcoder"])
 def test_greedy_ids_equal_transformers(variant, open_variant):
     client, _ = open_variant(variant)
     ids = prompt_ids(variant)
