@@ -460,7 +460,7 @@ class Handler(BaseHTTPRequestHandler):
                         finish = "stop"
                         self.server.scheduler.cancel(job, "stop")
             elif isinstance(ev, Finished):
-                stats = ev.stats
+                stats = dict(ev.stats, token_ids=list(ev.token_ids))
                 if matcher is not None and not matcher.stopped:
                     rest = matcher.flush()
                     if rest:
@@ -477,7 +477,12 @@ class Handler(BaseHTTPRequestHandler):
         return finish, stats
 
     def _extra(self, job: Job, req: P.ChatRequest, stats: dict) -> dict:
-        return P.timings(stats, job.queue_s, req.sampling)
+        out = P.timings(stats, job.queue_s, req.sampling)
+        if job.engine is not None:
+            out["engine"] = job.engine  # index in /health's engines
+        if req.return_token_ids:
+            out["token_ids"] = stats.get("token_ids", [])
+        return out
 
     def _complete(self, job: Job, req: P.ChatRequest, n_prompt: int) -> None:
         parts = []
@@ -583,12 +588,7 @@ def device_groups(devids) -> List[List[int]]:
     per list) -> one list of device ids per engine."""
     if all(isinstance(d, int) for d in devids):
         return [list(devids)]
-    groups = [list(g) for g in devids]
-    seen = [d for g in groups for d in g]
-    if len(set(seen)) != len(seen):
-        raise TpuchatError("--devid names a device twice: give each engine its own devices "
-                           f"({' | '.join(','.join(map(str, g)) for g in groups)})")
-    return groups
+    return [list(g) for g in devids]
 
 
 def open_engines(model_path: str, groups: Sequence[Sequence[int]], lib_dir: Optional[str],
@@ -616,7 +616,10 @@ def open_engines(model_path: str, groups: Sequence[Sequence[int]], lib_dir: Opti
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=open_one, args=(i,), daemon=True) for i in range(len(groups))]
+    # The first alone: its tokenizer's lazy imports (transformers) must not race in threads.
+    open_one(0)
+    rest = range(1, len(groups)) if not errors else ()
+    threads = [threading.Thread(target=open_one, args=(i,), daemon=True) for i in rest]
     for t in threads:
         t.start()
     for t in threads:
@@ -649,6 +652,10 @@ def serve(model_path: str, devids: Sequence = (0,), lib_dir: Optional[str] = Non
         if shared_prefix:
             srv.default_system = shared_prefix
         labels = [",".join(map(str, g)) for g in groups]
+        seen = [d for g in groups for d in g]
+        if len(set(seen)) != len(seen):
+            say("tpuchat serve: note: several engines share a device; each holds its own copy of the model "
+                "and they take turns on the chip (useful on the simulator, where each has its own C model)")
         srv.attach(models, model_id, labels)
         d = srv.model.desc
         engines = f"{len(models)} engines (devices {' | '.join(labels)})" if len(models) > 1 else \

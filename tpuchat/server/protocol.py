@@ -66,6 +66,7 @@ class ChatRequest:
     stops: List[str] = field(default_factory=list)
     sampling: str = "greedy"  # greedy | sampled | ignored (--greedy-fallback on a top-1 build)
     prompt: Optional[str] = None  # /v1/completions: the raw prompt (messages is empty)
+    return_token_ids: bool = False  # extension: the generated ids in the `tpuchat` field (as vLLM's flag)
 
 
 def _number(body: dict, name: str, lo: float, hi: float, integer: bool = False) -> Optional[float]:
@@ -212,6 +213,10 @@ def _generation(body: dict, can_sample: bool, greedy_fallback: bool, req: "ChatR
     if body.get("audio") or body.get("modalities") not in (None, ["text"]):
         raise unsupported("modalities", "only text is supported")
 
+    rti = body.get("return_token_ids", False)
+    if not isinstance(rti, bool):
+        raise bad("'return_token_ids' must be true or false", "return_token_ids", "invalid_type")
+    req.return_token_ids = rti
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise bad("'stream' must be true or false", "stream", "invalid_type")
@@ -284,7 +289,7 @@ def new_id() -> str:
 def timings(stats: dict, queue_s: float, sampling: str) -> dict:
     """The extra `tpuchat` field every answer carries."""
     keys = ("ftl_s", "tokens_per_s", "prompt_tokens", "new_tokens", "device_ms_per_token",
-            "host_us_per_token", "stop_reason")
+            "host_us_per_token", "stop_reason", "reused_tokens")
     out = {k: stats[k] for k in keys if k in stats}
     for k in ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token"):
         if isinstance(out.get(k), float):
