@@ -103,6 +103,18 @@ def one_request(conn, target, text, max_tokens):
     return outcome, ttft, queue_s
 
 
+def rss_mb(pid):
+    """Resident memory of a process on this machine (the server is on loopback), in MB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, TypeError):
+        pass
+    return float("nan")
+
+
 def run_load(target, clients, requests, max_tokens, time_limit):
     h0 = target.get("/health")
     results = []
@@ -210,6 +222,8 @@ def main(argv=None):
         target = Target(u.hostname, u.port or 80, a.api_key)
         target.model = target.get("/v1/models")["data"][0]["id"]
         rows.append(run_load(target, a.clients, a.requests, a.max_tokens, a.time_limit))
+        pids = [e.get("pid") for e in target.get("/health")["engines"]]
+        print("engine worker RSS after the run (MB): " + ", ".join(f"{rss_mb(p):.0f}" for p in pids))
     print(table(rows, a.clients, a.requests, a.max_tokens))
 
 
