@@ -2,6 +2,7 @@
 own C model of the chip), answering at once and exactly (transformers' tokens), and a killed
 engine failing only its own request."""
 
+import http.client
 import os
 import signal
 import threading
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from .test_serve_sim import start_server, stop_server
+from .test_serve_sim import KEY, start_server, stop_server
 
 openai = pytest.importorskip("openai")
 
@@ -35,13 +36,14 @@ def two(sim_lib, tmp_path_factory):
     assert srv.proc.returncode == 0, srv.log.read_text()[-2000:]
 
 
-def reference_text_and_ids(messages, n):
+def references(texts, n):
+    """{text: (prompt ids, transformers' n greedy ids)} for one-message chats, in one reference run."""
     from tests.fixtures import models
     from tpuchat.text import load_tokenizer
 
     tok = load_tokenizer(models.tokenizer_dir("demo"))
-    ids = tok.encode_chat(messages)
-    return ids, models.reference_greedy("demo", [ids], n)[0]
+    ids = [tok.encode_chat([{"role": "user", "content": t}]) for t in texts]
+    return dict(zip(texts, zip(ids, models.reference_greedy("demo", ids, n))))
 
 
 def test_two_engines_answer_at_once_and_exactly(two):
@@ -55,6 +57,7 @@ def test_two_engines_answer_at_once_and_exactly(two):
 
     questions = {"a": [{"role": "user", "content": "Tell me about the sea."}],
                  "b": [{"role": "user", "content": "What is a mountain?"}]}
+    refs = references([q[0]["content"] for q in questions.values()], N)
     got = {}
 
     def ask(k):
@@ -76,7 +79,7 @@ def test_two_engines_answer_at_once_and_exactly(two):
         t = r.model_extra["tpuchat"]
         # Neither waited for the other: each started as soon as it arrived.
         assert t["queue_s"] < 1.0, t
-        ids, want = reference_text_and_ids(questions[k], N)
+        ids, want = refs[questions[k][0]["content"]]
         assert r.usage.prompt_tokens == len(ids)
         assert t["token_ids"] == want
     assert [e["served"] for e in two.health()["engines"]] == [1, 1]
@@ -86,6 +89,7 @@ def test_killed_engine_fails_its_request_only_and_comes_back(two):
     c = two.client()
     model = c.models.list().data[0].id
     before = two.health()
+    refs = references(["survivor", "again one", "again two"], 2)
     got = {}
 
     def ask(k, n):
@@ -112,8 +116,7 @@ def test_killed_engine_fails_its_request_only_and_comes_back(two):
     assert "SIGKILL" in str(got["victim"])
     r = got["survivor"]
     assert not isinstance(r, Exception), r
-    ids, want = reference_text_and_ids([{"role": "user", "content": "survivor"}], 2)
-    assert r.model_extra["tpuchat"]["token_ids"] == want
+    assert r.model_extra["tpuchat"]["token_ids"] == refs["survivor"][1]
     assert r.model_extra["tpuchat"]["engine"] == 1 - busy
     # The killed engine restarts (a new worker process) and answers exactly again.
     deadline = time.monotonic() + 300
@@ -131,5 +134,29 @@ def test_killed_engine_fails_its_request_only_and_comes_back(two):
         t.join(900)
     assert {got[k].model_extra["tpuchat"]["engine"] for k in got} == {0, 1}
     for k in got:
-        assert got[k].model_extra["tpuchat"]["token_ids"] == reference_text_and_ids(
-            [{"role": "user", "content": k}], 2)[1]
+        assert got[k].model_extra["tpuchat"]["token_ids"] == refs[k][1]
+
+
+def test_raw_completion_exact_and_metrics(two):
+    """/v1/completions on the device path: the raw prompt's ids, no template; /metrics adds up."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from tests.fixtures import models
+    from tpuchat.text import load_tokenizer
+
+    c = two.client()
+    model = c.models.list().data[0].id
+    r = c.completions.create(model=model, prompt="Once upon a time", max_tokens=3,
+                             extra_body={"return_token_ids": True})
+    ids = load_tokenizer(models.tokenizer_dir("demo")).encode("Once upon a time")
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.model_extra["tpuchat"]["token_ids"] == models.reference_greedy("demo", [ids], 3)[0]
+    conn = http.client.HTTPConnection(two.host, two.port, timeout=30)
+    conn.request("GET", "/metrics", headers={"Authorization": "Bearer " + KEY})
+    text = conn.getresponse().read().decode()
+    conn.close()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("tpuchat_requests_total", (("endpoint", "/completions"), ("status", "200")))] == 1
+    assert samples[("tpuchat_engines", (("state", "idle"),))] == 2
+    assert samples[("tpuchat_generated_tokens_total", ())] >= 3
+    assert samples[("tpuchat_first_token_seconds_count", ())] >= 1

@@ -21,6 +21,7 @@ import pytest
 from .test_serve_sim import KEY, start_server, stop_server
 
 openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.timeout(1800)  # three servers and a proxy on the simulator's CPU
 
 PROXY_KEY = "sk-proxy-test"
 GROUP = "tiny-chat"  # the model name clients ask the proxy for
@@ -35,7 +36,7 @@ def litellm_command():
     return exe
 
 
-def litellm_config(model_id: str, urls) -> str:
+def litellm_config(model_id: str, urls, health_check_interval: int = 20) -> str:
     """The config.yaml the README shows: each tpuchat server a deployment of one model name."""
     deployments = "".join(f"""  - model_name: {GROUP}
     litellm_params:
@@ -56,7 +57,7 @@ router_settings:
 general_settings:
   master_key: os.environ/LITELLM_MASTER_KEY
   background_health_checks: true
-  health_check_interval: 20
+  health_check_interval: {health_check_interval}
 litellm_settings:
   request_timeout: 600
 """
@@ -105,21 +106,24 @@ def test_litellm_proxy_fails_over_to_the_other_server(sim_lib, tmp_path):
         model_id = servers[0].client().models.list().data[0].id
         workers = [e["pid"] for s in servers for e in s.health()["engines"]]
         config = tmp_path / "config.yaml"
-        config.write_text(litellm_config(model_id, [s.url for s in servers]))
+        # Probes every 60 s here: on the simulator a one-token probe takes seconds of a shared CPU.
+        config.write_text(litellm_config(model_id, [s.url for s in servers], health_check_interval=60))
         proxy, port = start_proxy(exe, config, tmp_path / "proxy.log")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=PROXY_KEY, max_retries=0,
                                timeout=600)
         tok = load_tokenizer(models.tokenizer_dir("demo"))
+        texts = [f"question {i}" for i in range(3)] + [f"after the kill {i}" for i in range(4)]
+        prompts = [tok.encode_chat([{"role": "user", "content": t}]) for t in texts]
+        want = dict(zip(texts, models.reference_greedy("demo", prompts, 2)))  # one transformers run
 
         def ask(text):
             msgs = [{"role": "user", "content": text}]
             raw = client.chat.completions.with_raw_response.create(model=GROUP, messages=msgs, max_tokens=2)
             r = raw.parse()
-            want = models.reference_greedy("demo", [tok.encode_chat(msgs)], 2)[0]
-            assert r.choices[0].message.content == tok.decode(want)  # the answer is the model's, exactly
+            assert r.choices[0].message.content == tok.decode(want[text])  # the model's answer, exactly
             return raw.headers.get("x-litellm-model-api-base")
 
-        before = [ask(f"question {i}") for i in range(3)]
+        before = [ask(t) for t in texts[:3]]
         assert set(before) <= {s.url for s in servers}
         # Kill the server that answered last, the hard way, in the middle of the session.
         victim = next(s for s in servers if s.url == before[-1])
@@ -127,7 +131,7 @@ def test_litellm_proxy_fails_over_to_the_other_server(sim_lib, tmp_path):
         served_before = other.health()["served"]
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait(30)
-        after = [ask(f"after the kill {i}") for i in range(4)]
+        after = [ask(t) for t in texts[3:]]
         assert after == [other.url] * 4
         assert other.health()["served"] >= served_before + 4  # and the proxy's health probes
     finally:
