@@ -381,7 +381,10 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(body, dict):
             self._check_model(body.get("model"))
         req = P.parse_completion(body, srv.can_sample, srv.greedy_fallback)
-        ids = srv.encode_raw(req.prompt)
+        try:
+            ids = srv.encode_raw(req.prompt)
+        except TpuchatError as e:
+            raise P.bad(str(e), "prompt") from None
         self._answer(req, ids, {}, "prompt", self._stream_text, self._complete_text)
 
     def _answer(self, req: P.ChatRequest, ids: list, image_args: dict, param: str, stream, complete) -> None:
