@@ -46,7 +46,7 @@ def engine_of(models, text):
 
 
 def test_two_engines_answer_two_requests_at_once(serve_fake):
-    models = [FakeModel(token_s=0.05), FakeModel(token_s=0.05)]
+    models = [FakeModel(token_s=0.1), FakeModel(token_s=0.1)]
     s = serve_fake(models, labels=["0", "1"])
     results = {}
     threads = [threading.Thread(target=ask, args=(s, user(q), results, q), kwargs={"max_tokens": 8})
@@ -59,7 +59,8 @@ def test_two_engines_answer_two_requests_at_once(serve_fake):
     assert [len(m.calls) for m in models] == [1, 1]
     a, b = models[0].calls[0], models[1].calls[0]
     assert a["started"] < b["ended"] and b["started"] < a["ended"]  # they overlapped
-    assert all(r.model_extra["tpuchat"]["queue_s"] < 0.2 for r in results.values())
+    # neither waited for the other (that would be ~0.8 s)
+    assert all(r.model_extra["tpuchat"]["queue_s"] < 0.4 for r in results.values())
     _, _, health = s.raw("GET", "/health")
     assert [e["devices"] for e in health["engines"]] == ["0", "1"]
     assert [e["served"] for e in health["engines"]] == [1, 1] and health["served"] == 2
@@ -123,7 +124,7 @@ def test_all_engines_busy_requests_queue_then_429(serve_fake):
 
 def test_crashed_engine_fails_only_its_request_and_restarts(serve_fake):
     bad = FakeModel(token_s=0.05, fail=EngineCrashed("the engine process was killed by SIGKILL"))
-    bad.restart_s, bad.restart_fails = 0.3, 1  # the first restart fails: the engine stays out a while
+    bad.restart_s, bad.restart_fails = 1.0, 1  # the first restart fails: the engine stays out a while
     good = FakeModel(token_s=0.05)
     s = serve_fake([bad, good])
     results = {}
