@@ -56,6 +56,7 @@ class FakeModel:
         self.calls = []  # one dict per generation: ids, settings, started, ended, stop_reason, tokens
         self.cancels = 0
         self.restarts = 0
+        self.gate: Optional[threading.Event] = None  # when set, generations wait for it before their first token
         self.restart_s = 0.0
         self.restart_fails = 0  # this many restarts raise before one succeeds
         self._cancel = threading.Event()
@@ -80,6 +81,8 @@ class FakeModel:
         if self.fail is not None:
             err, self.fail = self.fail, None
             raise err
+        if self.gate is not None:  # held until the test opens it
+            self.gate.wait(30)
         time.sleep(self.prefill_s)
         out = []
         reason = "max_tokens"
