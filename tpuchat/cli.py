@@ -425,7 +425,9 @@ def sim_install(
 @app.command()
 def serve(
     model: str = MODEL_OPT,
-    devid: str = DEVID_OPT,
+    devid: List[str] = typer.Option(["0"], "--devid", "-d",
+                                    help="Device id(s) of one engine, comma separated (0, or 2,3 for a 2-chip "
+                                         "bmodel); repeat for one engine per device group: -d 0 -d 1 -d 2."),
     tokenizer: Optional[str] = TOKENIZER_OPT,
     libsophon: Optional[str] = LIB_OPT,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
@@ -447,12 +449,13 @@ def serve(
                                                  "(paths or file:// URLs) under this dir; data: URLs are always "
                                                  "accepted, http(s) never."),
 ):
-    """OpenAI-compatible HTTP API: /v1/chat/completions (streaming or not), /v1/models, /health."""
+    """OpenAI-compatible HTTP API: /v1/chat/completions and /v1/completions (streaming or not),
+    /v1/models, /v1/info, /health, /metrics.  Several --devid: one engine per device group."""
     from .server import serve as run_server
 
     try:
         shared = read_prefix_file(prefix_file, None)
-        code = run_server(model, parse_devids(devid), libsophon, tokenizer, host, port, api_key, insecure,
+        code = run_server(model, [parse_devids(d) for d in devid], libsophon, tokenizer, host, port, api_key, insecure,
                           queue, name, greedy_fallback, shared_prefix=shared, image_dir=image_dir)
     except TpuchatError as e:
         raise _fail(e)

@@ -42,7 +42,8 @@ class Running:
 
 @pytest.fixture
 def serve_fake():
-    """serve_fake(model=None, **server_options) -> Running, shut down after the test."""
+    """serve_fake(model=None, **server_options) -> Running, shut down after the test.  model may be
+    a list of models: one engine each."""
     started = []
 
     def start(model=None, **kw):

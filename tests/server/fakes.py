@@ -29,6 +29,9 @@ class FakeTok:
                 ids += [IMAGE_ID] if p["type"] == "image" else [ord(c) for c in p["text"]]
         return ids + [ord(c) for c in "<assistant>"]
 
+    def encode(self, text):
+        return [ord(c) for c in text]
+
     def decode(self, ids):
         return "".join(chr(i) for i in ids)
 
@@ -52,6 +55,10 @@ class FakeModel:
         self.tok = FakeTok()
         self.calls = []  # one dict per generation: ids, settings, started, ended, stop_reason, tokens
         self.cancels = 0
+        self.restarts = 0
+        self.gate: Optional[threading.Event] = None  # when set, generations wait for it before their first token
+        self.restart_s = 0.0
+        self.restart_fails = 0  # this many restarts raise before one succeeds
         self._cancel = threading.Event()
         self._lock = threading.Lock()
 
@@ -66,10 +73,16 @@ class FakeModel:
         self._cancel.clear()  # a cancel before this generation started does not apply to it
         rec = {"ids": list(ids), "settings": settings, "started": time.monotonic(), "ended": None,
                "stop_reason": None, "tokens": 0, "image": image, "image_pos": image_pos}
+        prev = self.calls[-1]["ids"] if self.calls else []
         self.calls.append(rec)
+        reused = 0  # like the engine: KV rows of the prefix shared with the last prompt are kept
+        while reused < min(len(prev), len(ids) - 1) and prev[reused] == ids[reused]:
+            reused += 1
         if self.fail is not None:
             err, self.fail = self.fail, None
             raise err
+        if self.gate is not None:  # held until the test opens it
+            self.gate.wait(30)
         time.sleep(self.prefill_s)
         out = []
         reason = "max_tokens"
@@ -87,13 +100,21 @@ class FakeModel:
             piece = self.pieces[i % len(self.pieces)]
             out.append(piece)
             rec["tokens"] += 1
-            yield Delta(piece, [i])
+            yield Delta(piece, [ord(c) for c in piece])  # FakeTok: one token per character
         rec["ended"], rec["stop_reason"] = time.monotonic(), reason
         dt = time.monotonic() - t0
         stats = {"prompt_tokens": len(ids), "new_tokens": len(out), "ftl_s": self.prefill_s,
                  "tokens_per_s": (len(out) / dt) if dt > 0 else 0.0, "device_ms_per_token": 1.0,
-                 "host_us_per_token": 2.0, "stop_reason": reason}
-        yield Finished("".join(out), list(range(len(out))), stats)
+                 "host_us_per_token": 2.0, "stop_reason": reason, "reused_tokens": reused}
+        yield Finished("".join(out), self.tok.encode("".join(out)), stats)
+
+    def restart(self):
+        """The pool's restart after a crash (ChatModel: its client's ensure_open)."""
+        self.restarts += 1
+        time.sleep(self.restart_s)
+        if self.restart_fails:
+            self.restart_fails -= 1
+            raise RuntimeError("device not ready")
 
     def cancel(self):
         with self._lock:

@@ -270,7 +270,7 @@ def test_prompt_too_long_is_context_length_exceeded(serve_fake):
 def test_unknown_endpoint_and_method(serve_fake):
     s = serve_fake()
     _assert_error(s.raw("GET", "/v1/nothing"), 404, "unknown_url")
-    _assert_error(s.raw("POST", "/v1/completions", {"prompt": "x"}), 404, "unknown_url")
+    _assert_error(s.raw("POST", "/v1/edits", {"input": "x"}), 404, "unknown_url")
     _assert_error(s.raw("DELETE", "/v1/models"), 405)
     # a request line http.server rejects still answers JSON
     sock = socket.create_connection((s.host, s.port), timeout=5)

@@ -1,14 +1,15 @@
-"""`tpuchat serve`: an OpenAI-compatible HTTP API over one engine.
+"""`tpuchat serve`: an OpenAI-compatible HTTP API over one engine or several (one per device group).
 
 Stack: the standard library's ThreadingHTTPServer (no new dependency, a few MB of RAM, starts in
 well under a second on a Cortex-A53).  One thread per connection parses and checks the request
-and tokenizes the prompt; a single engine thread (see scheduler.py) runs the generations one at
-a time in arrival order.  While a handler waits for or streams its answer it watches its socket,
-so a client that goes away cancels its generation at once.
+and tokenizes the prompt; one thread per engine (see scheduler.py) runs the generations, in
+arrival order, each on an idle engine.  While a handler waits for or streams its answer it
+watches its socket, so a client that goes away cancels its generation at once.
 
-Endpoints: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions
-(also without the /v1 prefix).  Streaming answers are Server-Sent Events sent with HTTP/1.1
-chunked encoding, so keep-alive connections work.
+Endpoints: GET /health, GET /metrics (Prometheus), GET /v1/info (model facts), GET /v1/models,
+GET /v1/models/{id}, POST /v1/chat/completions, POST /v1/completions (a raw prompt) (all also
+without the /v1 prefix).  Streaming answers are Server-Sent Events sent with HTTP/1.1 chunked
+encoding, so keep-alive connections work.
 """
 
 import hmac
@@ -24,12 +25,14 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 from ..chat.session import Delta, Finished
 from ..errors import ContextFull, EngineCrashed, PromptTooLong, TpuchatError
 from ..text.stops import StopStringMatcher
 from . import protocol as P
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import Metrics
 from .scheduler import END, Job, QueueFull, Scheduler
 
 log = logging.getLogger("tpuchat.server")
@@ -109,8 +112,10 @@ class ApiServer(ThreadingHTTPServer):
         self.max_waiting = max_waiting
         self.greedy_fallback = greedy_fallback
         self.access_log = access_log
-        self.model = None
+        self.model = None  # the first engine's model: tokenizer and description (all engines are alike)
+        self.models: list = []
         self.scheduler: Optional[Scheduler] = None
+        self.metrics = Metrics()
         self.model_id = ""
         self.created = int(time.time())
         self.can_sample = False
@@ -118,12 +123,14 @@ class ApiServer(ThreadingHTTPServer):
         self._tok_lock = threading.Lock()
         self.image_dir = real_image_dir  # allow-list for local image paths (None: refuse them)
 
-    def attach(self, model, model_id: Optional[str] = None) -> None:
-        """Serve `model` (a ChatModel, or a test double with the same surface)."""
-        self.model = model
-        self.model_id = model_id or model_name(getattr(model, "model_path", None) or model.name)
-        self.can_sample = model_can_sample(model.desc)
-        self.scheduler = Scheduler(model, self.max_waiting)
+    def attach(self, model, model_id: Optional[str] = None, labels: Optional[Sequence[str]] = None) -> None:
+        """Serve `model` (a ChatModel, or a test double with the same surface), or a list of them
+        (one engine each: the same bmodel on different devices); `labels` name their devices."""
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
+        self.model, self.models = models[0], models
+        self.model_id = model_id or model_name(getattr(self.model, "model_path", None) or self.model.name)
+        self.can_sample = model_can_sample(self.model.desc)
+        self.scheduler = Scheduler(models, self.max_waiting, labels, self.metrics)
 
     @property
     def url(self) -> str:
@@ -141,6 +148,10 @@ class ApiServer(ThreadingHTTPServer):
     def encode(self, messages) -> list:
         with self._tok_lock:
             return self.model.tok.encode_chat(messages, system=self._system(messages))
+
+    def encode_raw(self, prompt: str) -> list:
+        with self._tok_lock:
+            return self.model.tok.encode(prompt)
 
     def encode_with_image(self, messages) -> tuple:
         """Prompt ids and the engine's image arguments for messages of which some carry an
@@ -193,6 +204,10 @@ class Handler(BaseHTTPRequestHandler):
     # -- plumbing ----------------------------------------------------------------------------
     def version_string(self):
         return self.server_version
+
+    def send_response(self, code, message=None):
+        self.status = code  # for /metrics
+        super().send_response(code, message)
 
     def log_message(self, fmt, *args):
         if self.server.access_log:
@@ -269,7 +284,18 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(200, dict(status="ok" if self.server.scheduler else "loading", **st))
                 return
             self._check_auth()
-            if route == "/models":
+            if route == "/metrics":
+                sched = self.server.scheduler
+                text = self.server.metrics.render(sched.status() if sched else None).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", METRICS_TYPE)
+                self.send_header("Content-Length", str(len(text)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(text)
+            elif route == "/info":
+                self._json(200, self._info())
+            elif route == "/models":
                 self._json(200, P.models_list(self.server.model_id, self.server.created))
             elif route.startswith("/models/"):
                 self._check_model(route[len("/models/"):], param=None)
@@ -283,19 +309,36 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         route = self._route()
+        self.status = 0
         try:
             self._check_auth()
-            if route != "/chat/completions":
+            if route == "/chat/completions":
+                self._chat(self._body())
+            elif route == "/completions":
+                self._text_completion(self._body())
+            else:
                 self._body()  # keep the connection usable
-                raise P.ApiError(404, f"no such endpoint: POST {self.path} (this server has /v1/chat/completions)",
-                                 code="unknown_url")
-            self._chat(self._body())
+                raise P.ApiError(404, f"no such endpoint: POST {self.path} (this server has /v1/chat/completions "
+                                      "and /v1/completions)", code="unknown_url")
         except P.ApiError as e:
             self._error(e)
         except ClientGone:
             self.close_connection = True
+            self.status = 499  # nginx's "client closed request"
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            self.status = 499
+        finally:
+            if route in ("/chat/completions", "/completions"):
+                self.server.metrics.request_done(route, self.status)
+
+    def _info(self) -> dict:
+        """What `tpuchat info --json` shows, plus the server's engines."""
+        srv = self.server
+        if srv.scheduler is None:
+            raise P.ApiError(503, "the model is still loading", "server_error")
+        engines = [{"devices": e["devices"], "state": e["state"]} for e in srv.scheduler.status()["engines"]]
+        return {"id": srv.model_id, "model": srv.model.desc, "can_sample": srv.can_sample, "engines": engines}
 
     def do_OPTIONS(self):
         self._error(P.ApiError(405, "method not allowed"))
@@ -329,14 +372,36 @@ class Handler(BaseHTTPRequestHandler):
             raise P.bad(str(e), "messages") from None
         except Exception as e:  # the chat template refused the messages (e.g. role order)
             raise P.bad(f"the model's chat template refused these messages: {e}", "messages") from None
+        self._answer(req, ids, image_args, "messages", self._stream, self._complete)
+
+    def _text_completion(self, body) -> None:
+        srv = self.server
+        if srv.scheduler is None:
+            raise P.ApiError(503, "the model is still loading", "server_error")
+        if isinstance(body, dict):
+            self._check_model(body.get("model"))
+        req = P.parse_completion(body, srv.can_sample, srv.greedy_fallback)
+        try:
+            ids = srv.encode_raw(req.prompt)
+        except TpuchatError as e:
+            raise P.bad(str(e), "prompt") from None
+        self._answer(req, ids, {}, "prompt", self._stream_text, self._complete_text)
+
+    def _answer(self, req: P.ChatRequest, ids: list, image_args: dict, param: str, stream, complete) -> None:
+        """Check the prompt fits, queue it, and answer with stream(job, req, n) or complete(...)."""
+        srv = self.server
         desc = srv.model.desc
         seq_len, kv_len = desc["seq_len"], desc["kv_len"]
         limit = min(seq_len, kv_len - 1)
+        if not ids:
+            raise P.bad("the prompt is empty after tokenization", param, "invalid_value")
         if len(ids) > limit:
+            what = ("your messages resulted in {} tokens. Shorten or drop old messages" if param == "messages"
+                    else "your prompt has {} tokens. Shorten it")
             raise P.bad(
                 f"this model's maximum context length is {limit} prompt tokens (prefill length {seq_len}, "
-                f"KV length {kv_len}); your messages resulted in {len(ids)} tokens. Shorten or drop old messages",
-                "messages", "context_length_exceeded")
+                f"KV length {kv_len}); " + what.format(len(ids)),
+                param, "context_length_exceeded")
         room = kv_len - len(ids)
         req.settings.max_new_tokens = min(req.settings.max_new_tokens or room, room)
         job = Job(ids, req.settings, **image_args)
@@ -347,9 +412,9 @@ class Handler(BaseHTTPRequestHandler):
                              code="queue_full", headers={"Retry-After": "2"}) from None
         try:
             if req.stream:
-                self._stream(job, req, len(ids))
+                stream(job, req, len(ids))
             else:
-                self._complete(job, req, len(ids))
+                complete(job, req, len(ids))
         except (ClientGone, OSError):
             srv.scheduler.cancel(job)
             raise ClientGone() from None
@@ -398,7 +463,7 @@ class Handler(BaseHTTPRequestHandler):
                         finish = "stop"
                         self.server.scheduler.cancel(job, "stop")
             elif isinstance(ev, Finished):
-                stats = ev.stats
+                stats = dict(ev.stats, token_ids=list(ev.token_ids))
                 if matcher is not None and not matcher.stopped:
                     rest = matcher.flush()
                     if rest:
@@ -411,10 +476,16 @@ class Handler(BaseHTTPRequestHandler):
             raise engine_error(error)
         if finish is None:  # the server is shutting down
             raise P.ApiError(503, "the server is shutting down", "server_error")
+        self.server.metrics.generation_done(stats, job.queue_s)
         return finish, stats
 
     def _extra(self, job: Job, req: P.ChatRequest, stats: dict) -> dict:
-        return P.timings(stats, job.queue_s, req.sampling)
+        out = P.timings(stats, job.queue_s, req.sampling)
+        if job.engine is not None:
+            out["engine"] = job.engine  # index in /health's engines
+        if req.return_token_ids:
+            out["token_ids"] = stats.get("token_ids", [])
+        return out
 
     def _complete(self, job: Job, req: P.ChatRequest, n_prompt: int) -> None:
         parts = []
@@ -430,20 +501,24 @@ class Handler(BaseHTTPRequestHandler):
         text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
         self._chunk(b"data: " + text.encode() + b"\n\n")
 
-    def _stream(self, job: Job, req: P.ChatRequest, n_prompt: int) -> None:
-        cid, created, model = P.new_id(), int(time.time()), self.server.model_id
+    def _start_sse(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("X-Accel-Buffering", "no")
         self.end_headers()
+
+    def _stream(self, job: Job, req: P.ChatRequest, n_prompt: int) -> None:
+        cid, created, model = P.new_id(), int(time.time()), self.server.model_id
+        self._start_sse()
         iu = req.include_usage
         self._sse(P.chunk(cid, created, model, {"role": "assistant", "content": ""}, include_usage=iu))
         try:
             finish, stats = self._run(
                 job, req, lambda t: self._sse(P.chunk(cid, created, model, {"content": t}, include_usage=iu)))
         except P.ApiError as e:
+            self.status = e.status
             self._sse(e.body())
             self._chunk(b"")
             return
@@ -455,13 +530,40 @@ class Handler(BaseHTTPRequestHandler):
         self._chunk(b"")
 
 
+    # -- text completions (raw prompt) -------------------------------------------------------
+    def _complete_text(self, job: Job, req: P.ChatRequest, n_prompt: int) -> None:
+        parts = []
+        finish, stats = self._run(job, req, parts.append)
+        use = P.usage(n_prompt, int(stats.get("new_tokens", 0)))
+        self._json(200, P.text_completion(P.new_cmpl_id(), self.server.model_id, "".join(parts), finish, use,
+                                          self._extra(job, req, stats)))
+
+    def _stream_text(self, job: Job, req: P.ChatRequest, n_prompt: int) -> None:
+        cid, created, model = P.new_cmpl_id(), int(time.time()), self.server.model_id
+        self._start_sse()
+        try:
+            finish, stats = self._run(
+                job, req, lambda t: self._sse(P.text_completion(cid, model, t, None, created=created)))
+        except P.ApiError as e:
+            self.status = e.status
+            self._sse(e.body())
+            self._chunk(b"")
+            return
+        self._sse(P.text_completion(cid, model, "", finish, extra=self._extra(job, req, stats), created=created))
+        if req.include_usage:
+            self._sse(P.text_completion(cid, model, None, None, created=created,
+                                        use=P.usage(n_prompt, int(stats.get("new_tokens", 0)))))
+        self._sse("[DONE]")
+        self._chunk(b"")
+
+
 def engine_error(e: BaseException) -> P.ApiError:
     if isinstance(e, PromptTooLong):
         return P.bad(str(e), "messages", "context_length_exceeded")
     if isinstance(e, ContextFull):
         return P.bad(str(e), "messages", "context_length_exceeded")
     if isinstance(e, EngineCrashed):
-        return P.ApiError(500, f"the engine failed: {e} (the next request restarts it)", "server_error",
+        return P.ApiError(500, f"the engine failed: {e} (it is being restarted; retry)", "server_error",
                           code="engine_crashed")
     if isinstance(e, TpuchatError):
         return P.bad(str(e))
@@ -474,15 +576,66 @@ def engine_error(e: BaseException) -> P.ApiError:
 
 def make_server(model, host: str = "127.0.0.1", port: int = 0, api_key: Optional[str] = None,
                 max_waiting: int = 8, greedy_fallback: bool = False, model_id: Optional[str] = None,
-                access_log: bool = False, image_dir: Optional[str] = None) -> ApiServer:
-    """A server bound and attached to an already open model (not yet serving): for tests and
-    embedding.  Call serve_forever() (e.g. in a thread), then shutdown() and close()."""
+                access_log: bool = False, image_dir: Optional[str] = None,
+                labels: Optional[Sequence[str]] = None) -> ApiServer:
+    """A server bound and attached to an already open model, or a list of them (one engine
+    each), not yet serving: for tests and embedding.  Call serve_forever() (e.g. in a thread),
+    then shutdown() and close()."""
     srv = ApiServer((host, port), api_key, max_waiting, greedy_fallback, access_log, image_dir)
-    srv.attach(model, model_id)
+    srv.attach(model, model_id, labels)
     return srv
 
 
-def serve(model_path: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] = None,
+def device_groups(devids) -> List[List[int]]:
+    """[0] or [0, 1] (one engine on these devices), or [[0], [1]] / [[0, 1], [2, 3]] (one engine
+    per list) -> one list of device ids per engine."""
+    if all(isinstance(d, int) for d in devids):
+        return [list(devids)]
+    return [list(g) for g in devids]
+
+
+def open_engines(model_path: str, groups: Sequence[Sequence[int]], lib_dir: Optional[str],
+                 tokenizer_dir: Optional[str], shared_prefix: Optional[str], say: Callable[[str], None]) -> list:
+    """One ChatModel (engine worker process) per device group, opened in parallel; each engine
+    logs to its own file.  The one place that knows how engines are made (tests pass their own)."""
+    from ..chat.session import ChatModel
+    from ..paths import state_dir
+    from ..runtime.client import EngineClient
+
+    models: list = [None] * len(groups)
+    errors: list = []
+
+    def open_one(i):
+        try:
+            log_path = state_dir() / ("engine.log" if len(groups) == 1 else
+                                      f"engine-dev{'-'.join(map(str, groups[i]))}.log")
+            m = ChatModel(model_path, groups[i], lib_dir, tokenizer_dir, client=EngineClient(log_path))
+            models[i] = m
+            if shared_prefix:
+                p = m.pin_system_prefix(shared_prefix)
+                if i == 0:
+                    say(f"tpuchat serve: shared prefix of {p['tokens']} tokens kept on the device "
+                        f"(computed in {p['seconds']:.2f} s); requests without a system message get it")
+        except BaseException as e:
+            errors.append(e)
+
+    # The first alone: its tokenizer's lazy imports (transformers) must not race in threads.
+    open_one(0)
+    rest = range(1, len(groups)) if not errors else ()
+    threads = [threading.Thread(target=open_one, args=(i,), daemon=True) for i in rest]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        for m in models:
+            if m is not None:
+                m.close()
+        raise errors[0]
+    return models
+
+
+def serve(model_path: str, devids: Sequence = (0,), lib_dir: Optional[str] = None,
           tokenizer_dir: Optional[str] = None, host: str = "127.0.0.1", port: int = 8000,
           api_key: Optional[str] = None, insecure: bool = False, max_waiting: int = 8,
           model_id: Optional[str] = None, greedy_fallback: bool = False, shared_prefix: Optional[str] = None,
@@ -490,24 +643,28 @@ def serve(model_path: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] 
           image_dir: Optional[str] = None) -> int:
     """`tpuchat serve`: check the bind policy, listen, open the model, serve until SIGINT/SIGTERM.
 
+    devids: one engine's device ids ([0] or [0, 1]), or one list per engine ([[0], [1], [2]]).
     shared_prefix: a system prompt (e.g. a long document) computed once and kept on the device;
     requests without a system message get it, and every request starting with it reuses it."""
-    from ..chat.session import ChatModel
-
     check_bind(host, api_key, insecure)
+    groups = device_groups(devids)
     srv = ApiServer((host, port), api_key, max_waiting, greedy_fallback, image_dir=image_dir)
-    model = None
+    models: list = []
     try:
-        model = ChatModel(model_path, devids, lib_dir, tokenizer_dir)
+        models = open_engines(model_path, groups, lib_dir, tokenizer_dir, shared_prefix, say)
         if shared_prefix:
-            p = model.pin_system_prefix(shared_prefix)
             srv.default_system = shared_prefix
-            say(f"tpuchat serve: shared prefix of {p['tokens']} tokens kept on the device "
-                f"(computed in {p['seconds']:.2f} s); requests without a system message get it")
-        srv.attach(model, model_id)
-        d = model.desc
+        labels = [",".join(map(str, g)) for g in groups]
+        seen = [d for g in groups for d in g]
+        if len(set(seen)) != len(seen):
+            say("tpuchat serve: note: several engines share a device; each holds its own copy of the model "
+                "and they take turns on the chip (useful on the simulator, where each has its own C model)")
+        srv.attach(models, model_id, labels)
+        d = srv.model.desc
+        engines = f"{len(models)} engines (devices {' | '.join(labels)})" if len(models) > 1 else \
+            f"devices {labels[0]}"
         say(f"tpuchat serve: model {srv.model_id} (prefill {d['seq_len']}, KV {d['kv_len']}, "
-            f"{'can sample' if srv.can_sample else 'greedy only'}); "
+            f"{'can sample' if srv.can_sample else 'greedy only'}); {engines}; "
             f"auth {'on' if srv.api_key else 'off'}; queue {max_waiting}"
             + (f"; images {'from data: URLs and ' + srv.image_dir if srv.image_dir else 'from data: URLs'}"
                if d.get("has_vision") else ""))
@@ -526,6 +683,6 @@ def serve(model_path: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] 
             say("tpuchat serve: stopping")
     finally:
         srv.close()
-        if model is not None:
-            model.close()
+        for m in models:
+            m.close()
     return 0

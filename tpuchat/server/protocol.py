@@ -65,6 +65,8 @@ class ChatRequest:
     include_usage: bool = False
     stops: List[str] = field(default_factory=list)
     sampling: str = "greedy"  # greedy | sampled | ignored (--greedy-fallback on a top-1 build)
+    prompt: Optional[str] = None  # /v1/completions: the raw prompt (messages is empty)
+    return_token_ids: bool = False  # extension: the generated ids in the `tpuchat` field (as vLLM's flag)
 
 
 def _number(body: dict, name: str, lo: float, hi: float, integer: bool = False) -> Optional[float]:
@@ -158,7 +160,36 @@ def parse_request(body: Any, can_sample: bool, greedy_fallback: bool = False) ->
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
     messages = parse_messages(body)
+    return _generation(body, can_sample, greedy_fallback, ChatRequest(messages, GenSettings()))
 
+
+def parse_completion(body: Any, can_sample: bool, greedy_fallback: bool = False) -> ChatRequest:
+    """Check a /v1/completions body: a raw prompt (no chat template), one string.  max_tokens
+    defaults to 16, as OpenAI's legacy endpoint does."""
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, list):
+        raise unsupported("prompt", "send one prompt string per request (batches and token-id prompts are "
+                                    "not supported)")
+    if not isinstance(prompt, str) or not prompt:
+        raise bad("'prompt' is required and must be a non-empty string", "prompt", "invalid_type")
+    if body.get("echo"):
+        raise unsupported("echo", "the answer does not repeat the prompt")
+    if body.get("suffix"):
+        raise unsupported("suffix", "insertion (fill-in-the-middle) is not supported")
+    if body.get("best_of") not in (None, 1):
+        raise unsupported("best_of", "one engine produces one answer per request (best_of must be 1)")
+    req = _generation(body, can_sample, greedy_fallback, ChatRequest([], GenSettings(), prompt=prompt))
+    if not req.settings.max_new_tokens:
+        req.settings.max_new_tokens = 16
+    return req
+
+
+def _generation(body: dict, can_sample: bool, greedy_fallback: bool, req: "ChatRequest") -> "ChatRequest":
+    """The parameters both endpoints share: streaming, lengths, stops, sampling."""
     # Parameters we cannot honour: refuse rather than ignore.
     n = body.get("n")
     if n not in (None, 1):
@@ -167,7 +198,7 @@ def parse_request(body: Any, can_sample: bool, greedy_fallback: bool = False) ->
         v = _number(body, name, -2.0, 2.0)
         if v:
             raise unsupported(name, "use the 'repetition_penalty' extension field (with temperature > 0)")
-    if body.get("logprobs"):
+    if body.get("logprobs") not in (None, False, 0):
         raise unsupported("logprobs", "the chip returns token ids, not log-probabilities")
     if body.get("top_logprobs"):
         raise unsupported("top_logprobs", "the chip returns token ids, not log-probabilities")
@@ -182,6 +213,10 @@ def parse_request(body: Any, can_sample: bool, greedy_fallback: bool = False) ->
     if body.get("audio") or body.get("modalities") not in (None, ["text"]):
         raise unsupported("modalities", "only text is supported")
 
+    rti = body.get("return_token_ids", False)
+    if not isinstance(rti, bool):
+        raise bad("'return_token_ids' must be true or false", "return_token_ids", "invalid_type")
+    req.return_token_ids = rti
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise bad("'stream' must be true or false", "stream", "invalid_type")
@@ -237,7 +272,9 @@ def parse_request(body: Any, can_sample: bool, greedy_fallback: bool = False) ->
     elif rep not in (None, 1, 1.0):
         raise bad("'repetition_penalty' applies when sampling: set temperature > 0 (on a bmodel compiled "
                   "with --do_sample)", "repetition_penalty", "invalid_value")
-    return ChatRequest(messages, settings, bool(stream), include_usage, stops, sampling)
+    req.settings, req.stream, req.include_usage, req.stops, req.sampling = (
+        settings, bool(stream), include_usage, stops, sampling)
+    return req
 
 
 # -- responses ---------------------------------------------------------------------------------
@@ -252,7 +289,7 @@ def new_id() -> str:
 def timings(stats: dict, queue_s: float, sampling: str) -> dict:
     """The extra `tpuchat` field every answer carries."""
     keys = ("ftl_s", "tokens_per_s", "prompt_tokens", "new_tokens", "device_ms_per_token",
-            "host_us_per_token", "stop_reason")
+            "host_us_per_token", "stop_reason", "reused_tokens")
     out = {k: stats[k] for k in keys if k in stats}
     for k in ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token"):
         if isinstance(out.get(k), float):
@@ -297,3 +334,25 @@ def chunk(cid: str, created: int, model: str, delta: Optional[dict], finish: Opt
 def models_list(model_id: str, created: int) -> dict:
     return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
                                         "owned_by": "tpuchat"}]}
+
+
+# -- /v1/completions (raw prompt) ----------------------------------------------------------------
+
+
+def new_cmpl_id() -> str:
+    return "cmpl-" + uuid.uuid4().hex[:24]
+
+
+def text_completion(cid: str, model: str, text: Optional[str], finish: Optional[str], use: Optional[dict] = None,
+                    extra: Optional[dict] = None, created: Optional[int] = None) -> dict:
+    """A whole answer, or (text None: no choices) the usage chunk of a stream; a stream's chunks
+    have the same shape as the whole answer."""
+    out = {"id": cid, "object": "text_completion", "created": created or int(time.time()), "model": model,
+           "system_fingerprint": None,
+           "choices": [] if text is None else [{"index": 0, "text": text, "logprobs": None,
+                                                "finish_reason": finish}]}
+    if use is not None:
+        out["usage"] = use
+    if extra is not None:
+        out["tpuchat"] = extra
+    return out
