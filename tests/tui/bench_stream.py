@@ -82,9 +82,11 @@ def main() -> int:
                 await pilot.pause(0.05)
             wall = time.perf_counter() - t0
             r1 = resource.getrusage(resource.RUSAGE_SELF)
+            ui1 = time.thread_time()
+            await pilot.pause(0.5)  # let the final render finish before the app closes
             result.update(
                 wall=wall,
-                ui_thread_cpu=time.thread_time() - ui0,
+                ui_thread_cpu=ui1 - ui0,
                 proc_cpu=(r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
                 lat=sorted(app.latencies),
                 tokens=app.last_stats.get("new_tokens"),

@@ -31,7 +31,7 @@ from .screens import Confirm, DevicePicker, HelpScreen, ImagePicker, ModelPicker
 from .widgets import (AttachmentChip, ChatView, ConversationList, ImageView, MessageBox, PromptInput, StatusBar,
                       fmt_stats)
 
-DRAIN_HZ = 15.0
+DRAIN_HZ = 10.0
 
 
 class _Session(ChatSession):
