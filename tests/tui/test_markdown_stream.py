@@ -45,6 +45,8 @@ def test_streamed_answer_ends_as_one_markdown_document(app_factory):
             seen_stream = []
             app.prompt.load_text("go")
             await pilot.press("enter")
+            while not app.generating:
+                await pilot.pause(0.01)
             while app.generating:
                 seen_stream += list(app.query(StreamingMarkdown))
                 await pilot.pause(0.02)
