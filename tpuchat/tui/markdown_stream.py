@@ -70,7 +70,7 @@ class StreamingMarkdown(Vertical):
         self._initial = text
 
     def compose(self) -> ComposeResult:
-        yield _block("", "md-tail")
+        yield _Block("", "md-tail")
 
     async def on_mount(self) -> None:
         if self._initial:
@@ -79,10 +79,6 @@ class StreamingMarkdown(Vertical):
     @property
     def tail_widget(self) -> "_Block":
         return self.query_one(".md-tail", _Block)
-
-    @property
-    def frozen_blocks(self) -> List[str]:
-        return [w.source for w in self.query(".md-frozen")]  # type: ignore[attr-defined]
 
     async def append(self, chunk: str) -> None:
         if not chunk:
@@ -98,7 +94,7 @@ class StreamingMarkdown(Vertical):
             if isinstance(last, _Block) and len(last.source) + len(done) <= self.GROUP_CHARS:
                 last.set_source(last.source + done)  # re-rendered once per finished block
             else:
-                await self.mount(_block(done, "md-frozen"), before=self.tail_widget)
+                await self.mount(_Block(done, "md-frozen"), before=self.tail_widget)
         self.tail_widget.set_source(tail)
 
 
@@ -115,9 +111,16 @@ class _Block(Widget):
         self._strips: List[Strip] = []
 
     def set_source(self, source: str) -> None:
-        if source != self.source:
-            self.source = source
-            self._key = None
+        if source == self.source:
+            return
+        self.source = source
+        height = len(self._strips)
+        self._key = None
+        width = self.content_size.width
+        if width > 0:
+            # Rendered now at the current width; a tail that gained no line needs no layout pass.
+            self.refresh(layout=len(self._lines(width)) != height)
+        else:
             self.refresh(layout=True)
 
     def _lines(self, width: int) -> List[Strip]:
@@ -144,6 +147,3 @@ class _Block(Widget):
         strips = self._lines(self.content_size.width)
         return strips[y] if 0 <= y < len(strips) else Strip.blank(self.content_size.width)
 
-
-def _block(source: str, classes: str) -> _Block:
-    return _Block(source, classes)
