@@ -28,7 +28,7 @@ def test_indented_line_may_continue_a_list_item():
     assert finished_prefix(text) == 0
 
 
-def test_streamed_answer_ends_as_one_markdown_document(app_factory):
+def test_streamed_answer_ends_as_one_markdown_document(app_factory, monkeypatch):
     from textual.widgets import Markdown
 
     from tpuchat.tui.fake import FakeModel
@@ -36,23 +36,30 @@ def test_streamed_answer_ends_as_one_markdown_document(app_factory):
     from tpuchat.tui.widgets import MessageBox
 
     answer = "# Head\n\npara one\n\n- a\n- b\n\n```\ncode\n```\n\nlast words"
-    app = app_factory(model=FakeModel(answer=answer, rate=60, prefill_s=0))
+    app = app_factory(model=FakeModel(answer=answer, rate=30, prefill_s=0))
+    streamed = []
+    orig_append = StreamingMarkdown.append
+
+    async def append(self, chunk):
+        streamed.append(chunk)
+        await orig_append(self, chunk)
+
+    monkeypatch.setattr(StreamingMarkdown, "append", append)
 
     async def run():
         async with app.run_test(size=(80, 40)) as pilot:
             while app.model is None:
                 await pilot.pause(0.05)
-            seen_stream = []
             app.prompt.load_text("go")
             await pilot.press("enter")
-            while not app.generating:
-                await pilot.pause(0.01)
-            while app.generating:
-                seen_stream += list(app.query(StreamingMarkdown))
-                await pilot.pause(0.02)
-            await pilot.pause(0.2)
+            while app.generating or len(app.session.conv.messages) < 2:
+                await pilot.pause(0.05)
             box = [b for b in app.query(MessageBox) if b.role == "assistant"][-1]
-            assert seen_stream, "the answer streamed through a StreamingMarkdown"
+            for _ in range(100):  # the final Markdown is mounted on the next refreshes
+                if not list(box.query(StreamingMarkdown)):
+                    break
+                await pilot.pause(0.05)
+            assert "".join(streamed) == answer, "the answer streamed through a StreamingMarkdown"
             assert not list(box.query(StreamingMarkdown))
             md = box.query_one(".msg-body", Markdown)
             assert md.source == answer == box.text
