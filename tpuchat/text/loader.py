@@ -62,13 +62,20 @@ def find_tokenizer_dir(
 
 
 def load_tokenizer(directory: PathLike) -> Tokenizer:
-    """The tokenizer in `directory`, of the kind its files say (see tokenizer_kind)."""
+    """The tokenizer in `directory`, of the kind its files say (see tokenizer_kind). A
+    tokenizer.json is read with the `tokenizers` library when that gives transformers' results
+    (hf_fast.can_load), else through transformers."""
     d = Path(directory).expanduser()
     kind = tokenizer_kind(d)
     if kind == "qwen-tiktoken":
         from .qwen_tiktoken import QwenTiktokenTokenizer
 
         return QwenTiktokenTokenizer(d)
+    if kind == "hf":
+        from .hf_fast import FastHFTokenizer, can_load
+
+        if can_load(d):
+            return FastHFTokenizer(d)
     if kind in ("hf", "gpt2-bpe"):
         from .hf import HFTokenizer
 

@@ -31,7 +31,7 @@ from .screens import Confirm, DevicePicker, HelpScreen, ImagePicker, ModelPicker
 from .widgets import (AttachmentChip, ChatView, ConversationList, ImageView, MessageBox, PromptInput, StatusBar,
                       fmt_stats)
 
-DRAIN_HZ = 15.0
+DRAIN_HZ = 10.0
 
 
 class _Session(ChatSession):
@@ -137,7 +137,9 @@ class TpuchatApp(App):
         self._show_welcome()
         self.set_interval(1.0 / DRAIN_HZ, self._tick)
         if self.model_path:
-            self.open_model(self.model_path, self.devids)
+            # after the first frame: the loader thread (tokenizer, worker start) would delay it
+            self.state = "loading"
+            self.call_after_refresh(self.open_model, self.model_path, self.devids)
         else:
             self.call_after_refresh(self._status_line)
 

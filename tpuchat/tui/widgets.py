@@ -11,6 +11,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message as TMessage
 from textual.widgets import Input, Label, ListItem, ListView, Markdown, Static, TextArea
 
+from .markdown_stream import StreamingMarkdown
+
 
 def fmt_stats(stats: dict, stopped: bool = False, error: Optional[str] = None, model: Optional[str] = None,
               live: bool = False) -> str:
@@ -67,43 +69,50 @@ class MessageBox(Vertical):
     def body(self):
         return self.query_one(".msg-body")
 
-    # A streamed answer is split into Markdown segments of about this many characters (at a blank line
-    # outside a code block), so appending never re-parses more than the last segment.
-    SEGMENT_CHARS = 1500
-
     async def append_text(self, chunk: str) -> None:
-        """Add streamed text (called ~15 times a second with what arrived since)."""
-        self.text += chunk
-        segs = list(self.query(".msg-body"))
-        md = segs[-1]
-        seg_text = getattr(self, "_seg_text", self.text[: len(self.text) - len(chunk)]) + chunk
-        self._seg_text = seg_text
-        if not hasattr(md, "append"):  # pragma: no cover - textual < 2
-            await md.update(seg_text)
+        """Add streamed text (called ~15 times a second with what arrived since).  The first call
+        swaps the body for a StreamingMarkdown, which redraws only the unfinished tail."""
+        if not chunk:
             return
-        if len(seg_text) > self.SEGMENT_CHARS:
-            cut = seg_text.rfind("\n\n")
-            if cut > 0 and seg_text[:cut].count("```") % 2 == 0 and seg_text[cut:].strip():
-                head, tail = seg_text[:cut], seg_text[cut + 2:]
-                await md.update(head)
-                new = Markdown(tail, classes="msg-body")
-                await self.mount(new, after=md)
-                self._seg_text = tail
-                return
-        await md.append(chunk)
+        self.text += chunk
+        body = self.body
+        if not isinstance(body, StreamingMarkdown):
+            stream = StreamingMarkdown(classes="msg-body msg-stream")
+            await self.mount(stream, before=body)
+            await body.remove()
+            body = stream
+            chunk = self.text
+        await body.append(chunk)
 
     async def finalize(self, text: str) -> None:
-        if text != self.text:
-            segs = list(self.query(".msg-body"))
-            for extra in segs[1:]:
-                await extra.remove()
-            self.text = text
-            self._seg_text = text
-            await segs[0].update(text)
+        """The answer is complete (or stopped): show `text` as one Markdown document, exactly as
+        an answer loaded from the store is shown."""
+        self.text = text
+        body = self.body
+        # Not awaited: the swap is queued at once, and whoever finishes the answer (store writes,
+        # footer, sidebar) does not wait for the Markdown to be built.
+        if isinstance(body, StreamingMarkdown) or not isinstance(body, Markdown):
+            self.mount(Markdown(text, classes="msg-body"), before=body)
+            body.remove()
+        elif body.source != text:
+            body.update(text)
 
     def set_footer(self, markup: str) -> None:
+        """Change the line under the message; a line that still fits is redrawn without a layout
+        pass (the live stats change every tick, their height does not)."""
+        footer = self.query_one(".msg-footer", Static)
+        same_height = bool(self._footer_text) and _fits_one_line(markup, footer.content_size.width) \
+            and _fits_one_line(self._footer_text, footer.content_size.width)
         self._footer_text = markup
-        self.query_one(".msg-footer", Static).update(markup)
+        footer.update(markup, layout=not same_height)
+
+
+def _fits_one_line(markup: str, width: int) -> bool:
+    if width <= 0 or "\n" in markup:
+        return False
+    from rich.text import Text
+
+    return Text.from_markup(markup).cell_len <= width
 
 
 class ChatView(VerticalScroll):
@@ -191,7 +200,7 @@ class StatusBar(Static):
     def show(self, markup: str) -> None:
         if markup != getattr(self, "_last", None):
             self._last = markup
-            self.update(markup)
+            self.update(markup, layout=False)  # one line, always: no layout pass needed
 
 
 class ConversationItem(ListItem):
