@@ -23,6 +23,7 @@
 #define TPC_E_RUNTIME -6  /* a runtime call failed during inference */
 #define TPC_E_FULL -7     /* the KV cache is full (position reached kv_len) */
 #define TPC_E_NOMEM -8    /* host or device allocation failed */
+#define TPC_E_TOO_LONG -9 /* the prompt does not fit the prefill / KV length */
 
 /* What a bmodel is, read from its nets. */
 typedef struct {

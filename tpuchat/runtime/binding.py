@@ -27,9 +27,8 @@ def _raise(code: int, message: str):
         lib.TPC_E_MODEL: ModelError,
         lib.TPC_E_FULL: ContextFull,
         lib.TPC_E_RUNTIME: EngineCrashed,
+        lib.TPC_E_TOO_LONG: PromptTooLong,
     }.get(code, TpuchatError)
-    if code == lib.TPC_E_ARG and "longer than" in message:
-        cls = PromptTooLong
     raise cls(message)
 
 
