@@ -86,36 +86,51 @@ int host_sample(tpc_model *m, float *logits, int end) {
   return tok;
 }
 
-/* Device sampling through sample_head: the penalty window and the four
- * scalars go up, 50 (prob, id) pairs come down, the host draws one. */
+/* Upload a 4-byte scalar to sample head input `role`, when the head has it. */
+static int upload_scalar(tpc_model *m, const bmapi_tensor_t *in, int role, const void *v, const char *what) {
+  int k = m->net.sample_in[role];
+  return k < 0 ? TPC_OK : upload(m, in[k].device_mem, 0, v, 4, what);
+}
+
+/* Device sampling through sample_head (6 inputs) or penalty_sample_head
+ * (5, top_k fixed at 50 inside), inputs mapped by name (roles.c): the
+ * penalty window and the scalars go up, 50 (prob, id) pairs come down, the
+ * host draws one.  A static ids input is padded with the window's last
+ * token (penalising a token twice is the same as once). */
 static int device_sample(tpc_model *m, bmapi_mem_t logits_mem, int end, int *tok) {
   net_t sh = m->net.sample_head;
+  const int *role = m->net.sample_in;
   bmapi_tensor_t in[8], out[4];
   own_tensors(sh, 0, in, out);
-  int cap = in[1].shape.dims[1];
+  bmapi_tensor_t *ids = &in[role[TPC_SAMPLE_IDS]];
+  int cap = ids->shape.dims[1];
   int from = penalty_from(m, end, cap), w = end - from, rc;
-  in[0].device_mem = logits_mem;
-  set_len(&in[1].shape, w);
-  if ((rc = upload(m, in[1].device_mem, 0, m->kv.tokens + from, sizeof(int32_t) * (size_t)w, "penalty window")))
+  int rows = sh->is_dynamic ? w : cap;
+  if (rows > m->buf.ids_cap) return fail(m, TPC_E_MODEL, "%s takes more ids than expected", sh->name);
+  for (int i = 0; i < rows; i++) m->buf.ids_buf[i] = m->kv.tokens[i < w ? from + i : end - 1];
+  in[role[TPC_SAMPLE_LOGITS]].device_mem = logits_mem;
+  if (sh->is_dynamic) set_len(&ids->shape, w);
+  if ((rc = upload(m, ids->device_mem, 0, m->buf.ids_buf, sizeof(int32_t) * (size_t)rows, "penalty window")))
     return rc;
   float pen = m->smp.sampling.repetition_penalty, temp = m->smp.sampling.temperature, top_p = m->smp.sampling.top_p;
   int32_t top_k = m->smp.sampling.top_k > 0 && m->smp.sampling.top_k < 50 ? m->smp.sampling.top_k : 50;
-  if ((rc = upload(m, in[2].device_mem, 0, &pen, 4, "penalty")) ||
-      (rc = upload(m, in[3].device_mem, 0, &temp, 4, "temperature")) ||
-      (rc = upload(m, in[4].device_mem, 0, &top_k, 4, "top_k")) ||
-      (rc = upload(m, in[5].device_mem, 0, &top_p, 4, "top_p")))
+  if ((rc = upload_scalar(m, in, TPC_SAMPLE_PENALTY, &pen, "penalty")) ||
+      (rc = upload_scalar(m, in, TPC_SAMPLE_TEMPERATURE, &temp, "temperature")) ||
+      (rc = upload_scalar(m, in, TPC_SAMPLE_TOP_K, &top_k, "top_k")) ||
+      (rc = upload_scalar(m, in, TPC_SAMPLE_TOP_P, &top_p, "top_p")))
     return rc;
   /* top_k is a shape input: the outputs hold top_k candidates. */
   if ((rc = launch(m, sh, in, out))) return rc;
   if ((rc = sync_device(m))) return rc;
   int k = out[0].shape.num_dims == 2 && out[0].shape.dims[1] > 0 ? out[0].shape.dims[1] : top_k;
+  if (role[TPC_SAMPLE_TOP_K] < 0 && k > top_k) k = top_k; /* fixed 50 inside: cut on the host */
   if (k > 50) k = 50;
   float p[50];
-  int ids[50];
+  int ids_out[50];
   if ((rc = download(m, p, out[0].device_mem, 0, sizeof(float) * (size_t)k, "sample probabilities")) ||
-      (rc = download(m, ids, out[1].device_mem, 0, sizeof(int) * (size_t)k, "sample ids")))
+      (rc = download(m, ids_out, out[1].device_mem, 0, sizeof(int) * (size_t)k, "sample ids")))
     return rc;
-  *tok = draw(m, p, ids, k);
+  *tok = draw(m, p, ids_out, k);
   return TPC_OK;
 }
 
@@ -137,6 +152,11 @@ int tpc_set_sampling(tpc_model *m, const tpc_sampling *sp) {
   return TPC_OK;
 }
 
+/* Where the decode embedding reads its token (row 0 of its input). */
+static bmapi_mem_t decode_token_mem(tpc_model *m) {
+  return mem_at(m->net.decode_embed->stages[m->net.decode_stage].input_mems[0], 0, 4);
+}
+
 /* Run lm_head and choose the next token (greedy on the device when the
  * bmodel can, else sampled or argmax'd); `end` is the number of tokens in
  * the cache including the one just fed (the penalty window's end). */
@@ -154,7 +174,7 @@ int run_head(tpc_model *m, bmapi_mem_t hidden_row, int end, int *tok) {
   /* Let a device-side token land where embedding_cache reads it, so the
    * next decode needs no upload. */
   int token_to_embedding = m->buf.direct_io && m->d.lm_head_kind == 1;
-  if (token_to_embedding) out[0].device_mem = m->net.embedding_cache->stages[0].input_mems[0];
+  if (token_to_embedding) out[0].device_mem = decode_token_mem(m);
   int rc = launch(m, lm, in, out);
   if (rc) return rc;
 
@@ -168,7 +188,7 @@ int run_head(tpc_model *m, bmapi_mem_t hidden_row, int end, int *tok) {
       bmapi_tensor_t gin[4], gout[4];
       own_tensors(g, 0, gin, gout);
       gin[0].device_mem = out[0].device_mem;
-      if (m->buf.direct_io) gout[0].device_mem = m->net.embedding_cache->stages[0].input_mems[0];
+      if (m->buf.direct_io) gout[0].device_mem = decode_token_mem(m);
       if ((rc = launch(m, g, gin, gout))) return rc;
       token_mem = gout[0].device_mem;
       token_to_embedding = m->buf.direct_io;

@@ -11,6 +11,9 @@ int alloc_host_scratch(tpc_model *m, int all_inputs) {
   for (int s = 0; s < e->stage_num; s++)
     for (int k = 0; k < (all_inputs ? e->input_num : 1); k++)
       if (e->stages[s].input_shapes[k].dims[1] > m->buf.ids_cap) m->buf.ids_cap = e->stages[s].input_shapes[k].dims[1];
+  net_t sh = m->net.sample_head; /* its penalty window is staged in ids_buf too */
+  if (sh && (int)shape_count(&sh->stages[0].input_shapes[m->net.sample_in[TPC_SAMPLE_IDS]], 0) > m->buf.ids_cap)
+    m->buf.ids_cap = (int)shape_count(&sh->stages[0].input_shapes[m->net.sample_in[TPC_SAMPLE_IDS]], 0);
   m->buf.ids_buf = calloc((size_t)m->buf.ids_cap, sizeof(int32_t));
   m->kv.tokens = calloc((size_t)d->kv_len, sizeof(int32_t));
   if (!m->buf.ids_buf || !m->kv.tokens) return fail(m, TPC_E_NOMEM, "out of host memory");

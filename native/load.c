@@ -90,7 +90,8 @@ int open_model(const char *bmodel_path, const int *devids, int num_devids, bm_ha
               m->d.num_device, m->d.num_device == 1 ? "" : "s", num_devids, num_devids == 1 ? " was" : "s were");
     goto out;
   }
-  rc = m->d.num_device > 1 ? md_prepare(m) : alloc_state(m);
+  if (m->d.num_device > 1) rc = md_prepare(m);
+  else if (!(rc = check_io(m))) rc = alloc_state(m);
   if (!rc) rc = tpc_reset(m);
 out:
   if (rc) {

@@ -356,6 +356,9 @@ int md_prepare(tpc_model *m) {
   tpc_desc *d = &m->d;
   int N = d->num_device, rc;
   if (!RT.new_net_info) return fail(m, TPC_E_LIB, "this libsophon is too old for multi-device bmodels");
+  if (!m->net.embedding_cache)
+    return fail(m, TPC_E_MODEL, "multi-device bmodels are run in the llm_convert layout only; this one is %s",
+                m->roles.name);
   m->md.on = 1;
   if ((rc = md_plan_all(m))) return rc;
   d->prefill_has_mask = m->md.p_block[0]->role_input[TPC_ROLE_MASK][0] >= 0;

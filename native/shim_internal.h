@@ -84,7 +84,10 @@ typedef const bmapi_net_info_t *net_t;
 /* Nets by role, found once at open and fixed afterwards. */
 typedef struct {
   net_t embedding, embedding_cache, lm_head, greedy_head;
-  net_t sample_head;      /* sample_head (6 inputs) or penalty_sample_head (5) */
+  net_t sample_head;      /* sample_head (6 inputs) or penalty_sample_head (5); NULL: host sampling */
+  int sample_in[6];       /* its input per TPC_SAMPLE_* role, -1 absent */
+  net_t decode_embed;     /* the net decode tokens go through (embedding_cache or embedding) */
+  int decode_stage;       /* and its stage */
   net_t *block, *block_cache; /* [num_layers] */
   net_t *block_kv;        /* [num_layers] when the bmodel has them */
   int block_kv_len;       /* longest chunk a block_kv net takes */
@@ -181,6 +184,7 @@ struct tpc_model {
   int num_nets;
 
   tpc_desc d;             /* description (what Python sees) */
+  tpc_roles roles;        /* which net plays which role (roles.c) */
   shim_nets net;          /* nets by role */
   shim_bufs buf;          /* device buffers, host scratch */
   shim_kv kv;             /* KV state */
@@ -205,6 +209,12 @@ SHIM size_t shape_count(const bmapi_shape_t *s, int from);
 SHIM int per_device(net_t n, int count, int num_device);
 SHIM int describe_nets(tpc_model *m);
 SHIM void net_desc_of(net_t n, int stage, tpc_tensor_info *ins, tpc_tensor_info *outs, tpc_net_desc *nd);
+
+/* roles.c */
+SHIM const char *convention_layer_fmt(int id, int decode);
+
+/* iocheck.c */
+SHIM int check_io(tpc_model *m);
 
 /* device.c */
 #define TIMED(expr)                      \

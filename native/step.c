@@ -295,6 +295,29 @@ int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
   return rc;
 }
 
+/* A decode token's hidden state, through embedding_cache, the embedding's
+ * 1-row stage, or the embedding's prefill stage with the token at row 0
+ * (roles.c chooses). */
+static int embed_decode_token(tpc_model *m, int token, bmapi_mem_t *hidden) {
+  net_t e = m->net.decode_embed;
+  bmapi_tensor_t ein[2], eout[2];
+  int rc;
+  own_tensors(e, m->net.decode_stage, ein, eout);
+  if (e->is_dynamic) set_len(&ein[0].shape, 1);
+  if (!(m->kv.token_on_device && token == m->kv.last_token)) {
+    int rows = m->d.decode_embed == TPC_EMBED_DECODE_PREFILL ? ein[0].shape.dims[1] : 1;
+    if (rows > m->buf.ids_cap) return fail(m, TPC_E_MODEL, "embedding input longer than expected");
+    memset(m->buf.ids_buf, 0, sizeof(int32_t) * (size_t)rows);
+    m->buf.ids_buf[0] = token;
+    if ((rc = upload(m, ein[0].device_mem, 0, m->buf.ids_buf, sizeof(int32_t) * (size_t)rows, "token id")))
+      return rc;
+  }
+  m->kv.token_on_device = 0;
+  if ((rc = launch(m, e, ein, eout))) return rc;
+  *hidden = mem_at(eout[0].device_mem, 0, m->buf.hidden_bytes);
+  return TPC_OK;
+}
+
 int decode_impl(tpc_model *m, int token, int need_head, int *next_token) {
   tpc_desc *d = &m->d;
   int p = m->kv.position, rc;
@@ -303,22 +326,14 @@ int decode_impl(tpc_model *m, int token, int need_head, int *next_token) {
     return fail(m, TPC_E_FULL, "the context is full: all %d KV positions are used", d->kv_len);
   if (m->md.on) return md_decode(m, token, need_head, next_token);
 
-  net_t ec = m->net.embedding_cache;
-  bmapi_tensor_t ein[2], eout[2];
-  own_tensors(ec, 0, ein, eout);
-  if (!(m->kv.token_on_device && token == m->kv.last_token)) {
-    int32_t t = token;
-    if ((rc = upload(m, ein[0].device_mem, 0, &t, 4, "token id"))) return rc;
-  }
-  m->kv.token_on_device = 0;
-  if ((rc = launch(m, ec, ein, eout))) return rc;
+  bmapi_mem_t hidden;
+  if ((rc = embed_decode_token(m, token, &hidden))) return rc;
 
   bmapi_tensor_t in[8], out[8];
   net_t c0 = m->net.block_cache[0];
   own_tensors(c0, m->net.cache_stage, in, out);
   bmapi_mem_t pos_mem = in[1].device_mem, mask_mem = in[2].device_mem;
   int32_t pos = p;
-  bmapi_mem_t hidden = eout[0].device_mem;
   for (int i = 0; i < d->num_layers; i++) {
     net_t c = m->net.block_cache[i];
     if (m->vis.is_cross && m->vis.is_cross[i]) {
