@@ -232,7 +232,7 @@ class Model:
         px = self._ffi.from_buffer("float[]", pixel_values)
         mask = self._ffi.new("int[]", [int(x) for x in aspect_ratio_mask] + [0] * max(0, tiles - len(aspect_ratio_mask)))
         self._check(self._lib.tpc_set_image(self._m, px, tiles, size, int(aspect_ratio_id), mask))
-        self._lib.tpc_last_timing(self._m, self._timing)
+        self._check(self._lib.tpc_last_timing(self._m, self._timing))
         return self._timing.total_us / 1e6
 
     def set_image_pos(self, image_pos: int) -> None:
@@ -242,9 +242,9 @@ class Model:
     def image_states(self) -> List[float]:
         """The held image states (the vit output) as floats, [tiles, patches, hidden] flattened."""
         v = self._ffi.new("tpc_vision_desc *")
-        self._lib.tpc_describe_vision(self._m, v)
+        self._check(self._lib.tpc_describe_vision(self._m, v))
         d = self._ffi.new("tpc_desc *")
-        self._lib.tpc_describe(self._m, d)
+        self._check(self._lib.tpc_describe(self._m, d))
         n = v.tiles * v.patches * d.hidden_size
         buf = self._ffi.new("float[]", max(1, n))
         self._check(self._lib.tpc_image_states(self._m, buf, n))
@@ -256,13 +256,13 @@ class Model:
 
     def last_timing(self):
         """(total_us, device_us, host_us, launches, copies) of the last call."""
-        self._lib.tpc_last_timing(self._m, self._timing)
+        self._check(self._lib.tpc_last_timing(self._m, self._timing))
         t = self._timing
         return t.total_us, t.device_us, t.host_us, t.launches, t.copies
 
     def last_reused(self) -> int:
         """Cached rows kept by the last prefill_reuse."""
-        self._lib.tpc_last_timing(self._m, self._timing)
+        self._check(self._lib.tpc_last_timing(self._m, self._timing))
         return self._timing.reused
 
     def last_logits(self, vocab_size: int):
@@ -283,7 +283,7 @@ class Model:
 
     def nets(self) -> List[NetInfo]:
         d = self._ffi.new("tpc_desc *")
-        self._lib.tpc_describe(self._m, d)
+        self._check(self._lib.tpc_describe(self._m, d))
         out = []
         info = self._ffi.new("tpc_net_info *")
         for i in range(d.num_nets):
@@ -301,7 +301,7 @@ class Model:
 
     def describe(self, file_info) -> ModelDesc:
         d = self._ffi.new("tpc_desc *")
-        self._lib.tpc_describe(self._m, d)
+        self._check(self._lib.tpc_describe(self._m, d))
         nets = self.nets()
         names = [n.name for n in nets]
         heads = [h for h in ("greedy_head", "sample_head", "penalty_sample_head") if h in names]
@@ -343,7 +343,7 @@ class Model:
 
     def _vision_fields(self) -> dict:
         v = self._ffi.new("tpc_vision_desc *")
-        self._lib.tpc_describe_vision(self._m, v)
+        self._check(self._lib.tpc_describe_vision(self._m, v))
         return {
             "has_vision": bool(v.has_vision),
             "vision_tiles": v.tiles,
@@ -562,7 +562,8 @@ class Family:
         return self.model
 
     def info(self):
-        self._lib.tpc_family_get_info(self._f, self._info)
+        if self._lib.tpc_family_get_info(self._f, self._info):
+            _raise(self._lib.TPC_E_ARG, "the model family is closed")
         return self._info
 
     @property
