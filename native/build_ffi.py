@@ -24,9 +24,10 @@ ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
     "tpuchat._shim",
     '#include "tpuchat_shim.h"',
-    sources=[os.path.relpath(os.path.join(HERE, "tpuchat_shim.c"))],
+    sources=sorted(os.path.relpath(os.path.join(HERE, f)) for f in os.listdir(HERE) if f.endswith(".c")),
     include_dirs=[os.path.relpath(HERE)],
     libraries=["dl", "m"],
+    depends=sorted(os.path.relpath(os.path.join(HERE, f)) for f in os.listdir(HERE) if f.endswith(".h")),
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
 )
 

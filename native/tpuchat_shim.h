@@ -23,6 +23,7 @@
 #define TPC_E_RUNTIME -6  /* a runtime call failed during inference */
 #define TPC_E_FULL -7     /* the KV cache is full (position reached kv_len) */
 #define TPC_E_NOMEM -8    /* host or device allocation failed */
+#define TPC_E_TOO_LONG -9 /* the prompt does not fit the prefill / KV length */
 
 /* What a bmodel is, read from its nets. */
 typedef struct {
@@ -51,6 +52,8 @@ typedef struct {
   int has_block_kv;             /* block_kv_N (--use_history_kv) */
   int new_net_info;             /* runtime exposes addr_mode / devices */
   long long kv_cache_bytes;     /* device bytes of the whole KV cache */
+  char convention[80];          /* the bmodel convention (roles.c), for `tpuchat info` */
+  int decode_embed;             /* TPC_EMBED_DECODE_*: how decode tokens are embedded */
 } tpc_desc;
 
 /* One tensor of one net (for inspection). */
@@ -232,6 +235,44 @@ int tpc_net_plan_of(const tpc_model *m, const char *name, tpc_net_plan *out);
  * (the shim cannot: only sizes are visible here).  One member is loaded at
  * a time; tpc_family_model() is it, driven with the tpc_* calls above, and
  * valid until the next switch. */
+/* Bmodel conventions (roles.c holds the table).  tpc_match_roles is pure:
+ * a description of every net in, which net plays which role out. */
+#define TPC_CONV_NONE 0
+#define TPC_CONV_LLM_CONVERT 1    /* TPU-MLIR llm_convert (and sophon-demo / LLM-TPU with its names) */
+#define TPC_CONV_QWEN_TPU 2       /* sophgo/Qwen-TPU: qwen_block_N, one 2-stage embedding */
+#define TPC_CONV_WIZARDCODER 3    /* LLM-TPU WizardCoder: learned positions, one sliding past_cache */
+#define TPC_CONV_SHARE_CACHE 4    /* LLM-TPU share-cache: embedding_unshare / block_unshare_N */
+#define TPC_EMBED_DECODE_NET 0     /* decode tokens go through embedding_cache */
+#define TPC_EMBED_DECODE_STAGE 1   /* through the embedding's 1-row stage */
+#define TPC_EMBED_DECODE_PREFILL 2 /* through the embedding's prefill stage, token at row 0 */
+#define TPC_SAMPLE_LOGITS 0        /* sample head inputs, by role */
+#define TPC_SAMPLE_IDS 1
+#define TPC_SAMPLE_PENALTY 2
+#define TPC_SAMPLE_TEMPERATURE 3
+#define TPC_SAMPLE_TOP_K 4
+#define TPC_SAMPLE_TOP_P 5
+
+typedef struct {
+  tpc_net_desc io;          /* stage 0's inputs and outputs */
+  int num_stages;
+  int stage_rows[8];        /* dims[1] of input 0 in each stage */
+  int is_dynamic;
+} tpc_net_summary;
+
+typedef struct {
+  int convention;           /* TPC_CONV_* */
+  char name[80];            /* what `tpuchat info` prints */
+  int num_layers;
+  int num_device;
+  int embedding, embedding_cache, lm_head, greedy_head, sample_head; /* net indices, -1: none */
+  int decode_embed;         /* TPC_EMBED_DECODE_* */
+  int decode_embed_stage;   /* the embedding stage decode tokens go through */
+  int sample_in[6];         /* sample head input per TPC_SAMPLE_* role, -1: the net has none */
+} tpc_roles;
+
+int tpc_match_roles(const tpc_net_summary *nets, int num_nets, tpc_roles *out, char *err, int errlen);
+int tpc_roles_of(const tpc_model *m, tpc_roles *out);
+
 typedef struct tpc_family tpc_family;
 typedef struct {
   int num_members;

@@ -27,6 +27,7 @@ def print_model_table(desc: dict, show_nets: bool = False) -> None:
     heads = ", ".join(desc["heads"]) or "none"
     rows = [
         ("file", f"{desc['path']} ({_mb(desc['file_size'])})"),
+        ("convention", desc.get("convention") or "?"),
         ("chip / toolchain", f"{desc.get('chip') or '?'} / {desc.get('toolchain') or '?'}"),
         ("layers", str(desc["num_layers"])),
         ("prefill length S", f"{desc['seq_len']}" + (f" (stages {desc['stages']})" if len(desc["stages"]) > 1 else "")),

@@ -27,9 +27,8 @@ def _raise(code: int, message: str):
         lib.TPC_E_MODEL: ModelError,
         lib.TPC_E_FULL: ContextFull,
         lib.TPC_E_RUNTIME: EngineCrashed,
+        lib.TPC_E_TOO_LONG: PromptTooLong,
     }.get(code, TpuchatError)
-    if code == lib.TPC_E_ARG and "longer than" in message:
-        cls = PromptTooLong
     raise cls(message)
 
 
@@ -120,6 +119,8 @@ class ModelDesc:
     block_kv: bool
     kv_cache_bytes: int
     nets: List[str]
+    convention: str = ""  # the bmodel convention the shim matched ("llm_convert", "Qwen-TPU (...)", ...)
+    decode_embed: str = ""  # how decode tokens are embedded
     devices: List[DeviceStat] = field(default_factory=list)
     # Vision (Llama-3.2-Vision style): read from the vit net and the layers' inputs.
     has_vision: bool = False
@@ -231,7 +232,7 @@ class Model:
         px = self._ffi.from_buffer("float[]", pixel_values)
         mask = self._ffi.new("int[]", [int(x) for x in aspect_ratio_mask] + [0] * max(0, tiles - len(aspect_ratio_mask)))
         self._check(self._lib.tpc_set_image(self._m, px, tiles, size, int(aspect_ratio_id), mask))
-        self._lib.tpc_last_timing(self._m, self._timing)
+        self._check(self._lib.tpc_last_timing(self._m, self._timing))
         return self._timing.total_us / 1e6
 
     def set_image_pos(self, image_pos: int) -> None:
@@ -241,9 +242,9 @@ class Model:
     def image_states(self) -> List[float]:
         """The held image states (the vit output) as floats, [tiles, patches, hidden] flattened."""
         v = self._ffi.new("tpc_vision_desc *")
-        self._lib.tpc_describe_vision(self._m, v)
+        self._check(self._lib.tpc_describe_vision(self._m, v))
         d = self._ffi.new("tpc_desc *")
-        self._lib.tpc_describe(self._m, d)
+        self._check(self._lib.tpc_describe(self._m, d))
         n = v.tiles * v.patches * d.hidden_size
         buf = self._ffi.new("float[]", max(1, n))
         self._check(self._lib.tpc_image_states(self._m, buf, n))
@@ -255,13 +256,13 @@ class Model:
 
     def last_timing(self):
         """(total_us, device_us, host_us, launches, copies) of the last call."""
-        self._lib.tpc_last_timing(self._m, self._timing)
+        self._check(self._lib.tpc_last_timing(self._m, self._timing))
         t = self._timing
         return t.total_us, t.device_us, t.host_us, t.launches, t.copies
 
     def last_reused(self) -> int:
         """Cached rows kept by the last prefill_reuse."""
-        self._lib.tpc_last_timing(self._m, self._timing)
+        self._check(self._lib.tpc_last_timing(self._m, self._timing))
         return self._timing.reused
 
     def last_logits(self, vocab_size: int):
@@ -282,7 +283,7 @@ class Model:
 
     def nets(self) -> List[NetInfo]:
         d = self._ffi.new("tpc_desc *")
-        self._lib.tpc_describe(self._m, d)
+        self._check(self._lib.tpc_describe(self._m, d))
         out = []
         info = self._ffi.new("tpc_net_info *")
         for i in range(d.num_nets):
@@ -300,7 +301,7 @@ class Model:
 
     def describe(self, file_info) -> ModelDesc:
         d = self._ffi.new("tpc_desc *")
-        self._lib.tpc_describe(self._m, d)
+        self._check(self._lib.tpc_describe(self._m, d))
         nets = self.nets()
         names = [n.name for n in nets]
         heads = [h for h in ("greedy_head", "sample_head", "penalty_sample_head") if h in names]
@@ -334,13 +335,15 @@ class Model:
             block_kv=bool(d.has_block_kv),
             kv_cache_bytes=d.kv_cache_bytes,
             nets=names,
+            convention=self._ffi.string(d.convention).decode(),
+            decode_embed=EMBED_DECODE.get(d.decode_embed, str(d.decode_embed)),
             devices=devices,
             **self._vision_fields(),
         )
 
     def _vision_fields(self) -> dict:
         v = self._ffi.new("tpc_vision_desc *")
-        self._lib.tpc_describe_vision(self._m, v)
+        self._check(self._lib.tpc_describe_vision(self._m, v))
         return {
             "has_vision": bool(v.has_vision),
             "vision_tiles": v.tiles,
@@ -381,19 +384,13 @@ NET_KINDS = {0: "other", 1: "embedding", 2: "block", 3: "block_cache", 4: "block
 _DTYPE_CODES = {v: k for k, v in DTYPE_NAMES.items()}
 
 
-def plan_net(net, num_device: int) -> dict:
-    """The shim's multi-device layout plan (the same C function the shim runs
-    when it opens a bmodel) for one net described by `bmodel_nets.Net`, with
-    no runtime or device involved.  Returns per input/output its role and
-    device, per role the input/output index on each device, and the KV share.
-    Raises ModelError with the planner's message when the net cannot be laid out."""
-    s = _shim()
-    ffi, lib = s.ffi, s.lib
+def _fill_net_desc(ffi, desc, net, keep: list) -> None:
+    """Stage 0 of a `bmodel_nets.Net` as the shim's tpc_net_desc (`keep` holds the C memory alive)."""
     stage = net.stages[0]
-    keep = []
 
     def tensors(ts):
         arr = ffi.new("tpc_tensor_info[]", max(1, len(ts)))
+        keep.append(arr)
         for i, t in enumerate(ts):
             name = ffi.new("char[]", t.name.encode())
             keep.append(name)
@@ -405,10 +402,73 @@ def plan_net(net, num_device: int) -> dict:
             arr[i].device = t.device
         return arr
 
-    ins, outs = tensors(stage.inputs), tensors(stage.outputs)
     cname = ffi.new("char[]", net.name.encode())
-    desc = ffi.new("tpc_net_desc *", {"name": cname, "num_inputs": len(stage.inputs),
-                                       "num_outputs": len(stage.outputs), "inputs": ins, "outputs": outs})
+    keep.append(cname)
+    desc.name = cname
+    desc.num_inputs, desc.num_outputs = len(stage.inputs), len(stage.outputs)
+    desc.inputs, desc.outputs = tensors(stage.inputs), tensors(stage.outputs)
+
+
+EMBED_DECODE = {0: "embedding_cache", 1: "1-row embedding stage", 2: "embedding prefill stage, row 0"}
+SAMPLE_ROLES = ("logits", "input_ids", "penalty", "temperature", "top_k", "top_p")
+
+
+def match_roles(nets) -> dict:
+    """The shim's role matcher (the same C function it runs at open) over a
+    list of `bmodel_nets.Net`, with no runtime or device involved: which
+    convention the nets follow and which net plays which role.  Raises
+    ModelError with the matcher's one-line message when nothing fits."""
+    s = _shim()
+    ffi, lib = s.ffi, s.lib
+    keep = []
+    arr = ffi.new("tpc_net_summary[]", max(1, len(nets)))
+    for i, net in enumerate(nets):
+        _fill_net_desc(ffi, ffi.addressof(arr[i], "io"), net, keep)
+        arr[i].num_stages = min(8, len(net.stages))
+        arr[i].is_dynamic = int(net.dynamic)
+        for k, st in enumerate(net.stages[:8]):
+            shape = st.inputs[0].shape if st.inputs else []
+            arr[i].stage_rows[k] = shape[1] if len(shape) > 1 else 0
+    r = ffi.new("tpc_roles *")
+    err = _err_buf()
+    rc = lib.tpc_match_roles(arr, len(nets), r, err, _ERRLEN)
+    if rc:
+        _raise(rc, _text(ffi, err))
+    return _roles_dict(ffi, r, [n.name for n in nets])
+
+
+def _roles_dict(ffi, r, names: List[str]) -> dict:
+    def net(i):
+        return names[i] if 0 <= i < len(names) else None
+
+    return {
+        "convention": ffi.string(r.name).decode(),
+        "convention_id": r.convention,
+        "num_layers": r.num_layers,
+        "num_device": r.num_device,
+        "embedding": net(r.embedding),
+        "embedding_cache": net(r.embedding_cache),
+        "lm_head": net(r.lm_head),
+        "greedy_head": net(r.greedy_head),
+        "sample_head": net(r.sample_head),
+        "decode_embed": EMBED_DECODE.get(r.decode_embed, str(r.decode_embed)),
+        "decode_embed_stage": r.decode_embed_stage,
+        "sample_inputs": {SAMPLE_ROLES[k]: r.sample_in[k] for k in range(6)} if r.sample_head >= 0 else {},
+    }
+
+
+def plan_net(net, num_device: int) -> dict:
+    """The shim's multi-device layout plan (the same C function the shim runs
+    when it opens a bmodel) for one net described by `bmodel_nets.Net`, with
+    no runtime or device involved.  Returns per input/output its role and
+    device, per role the input/output index on each device, and the KV share.
+    Raises ModelError with the planner's message when the net cannot be laid out."""
+    s = _shim()
+    ffi, lib = s.ffi, s.lib
+    stage = net.stages[0]
+    keep = []
+    desc = ffi.new("tpc_net_desc *")
+    _fill_net_desc(ffi, desc, net, keep)
     plan = ffi.new("tpc_net_plan *")
     err = _err_buf()
     rc = lib.tpc_plan_net(desc, num_device, plan, err, _ERRLEN)
@@ -502,7 +562,8 @@ class Family:
         return self.model
 
     def info(self):
-        self._lib.tpc_family_get_info(self._f, self._info)
+        if self._lib.tpc_family_get_info(self._f, self._info):
+            _raise(self._lib.TPC_E_ARG, "the model family is closed")
         return self._info
 
     @property

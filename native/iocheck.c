@@ -1,0 +1,128 @@
+/* iocheck.c - every buffer the shim writes into, checked once at open: the
+ * input exists, its dtype and byte size are what the role expects.  A
+ * mismatch is a one-line refusal at open, never a write past a buffer. */
+#include "shim_internal.h"
+
+#define ANY_HALF -2 /* bf16 or f16 */
+#define ANY_DTYPE -1
+
+static const char *dtype_name(int dt) {
+  static const char *const names[] = {"f32", "f16", "int8", "uint8", "int16", "uint16", "int32", "uint32", "bf16"};
+  return dt >= 0 && dt <= 8 ? names[dt] : "?";
+}
+
+/* Input (or output) k of net n at `stage` must exist, have dtype `dtype`
+ * and hold at least `bytes`. */
+static int need(tpc_model *m, net_t n, int stage, int is_out, int k, int dtype, size_t bytes, const char *what) {
+  int count = is_out ? n->output_num : n->input_num;
+  if (k >= count)
+    return fail(m, TPC_E_MODEL, "%s has no %s %d (%s): it has %d", n->name, is_out ? "output" : "input", k, what,
+                count);
+  int dt = is_out ? n->output_dtypes[k] : n->input_dtypes[k];
+  int ok = dtype == ANY_DTYPE || dt == dtype || (dtype == ANY_HALF && (dt == BMAPI_BF16 || dt == BMAPI_F16));
+  if (!ok)
+    return fail(m, TPC_E_MODEL, "%s %s %d (%s) is %s; the shim writes %s", n->name, is_out ? "output" : "input", k,
+                what, dtype_name(dt), dtype == ANY_HALF ? "bf16/f16" : dtype_name(dtype));
+  bmapi_mem_t mem = is_out ? n->stages[stage].output_mems[k] : n->stages[stage].input_mems[k];
+  if ((size_t)mem.size < bytes)
+    return fail(m, TPC_E_MODEL, "%s %s %d (%s) holds %u bytes; the shim needs %zu", n->name,
+                is_out ? "output" : "input", k, what, mem.size, bytes);
+  return TPC_OK;
+}
+
+static size_t io_bytes(net_t n, int stage, int is_out, int k) {
+  const bmapi_shape_t *s = is_out ? &n->stages[stage].output_shapes[k] : &n->stages[stage].input_shapes[k];
+  return shape_count(s, 0) * (size_t)dtype_size(is_out ? n->output_dtypes[k] : n->input_dtypes[k]);
+}
+
+static int check_embeddings(tpc_model *m) {
+  net_t e = m->net.embedding, de = m->net.decode_embed;
+  int rc;
+  for (int s = 0; s < e->stage_num; s++) {
+    size_t rows = (size_t)e->stages[s].input_shapes[0].dims[1];
+    if ((rc = need(m, e, s, 0, 0, BMAPI_INT32, rows * 4, "input_ids")) ||
+        (rc = need(m, e, s, 1, 0, m->d.float_dtype, rows * m->buf.hidden_bytes, "hidden states")))
+      return rc;
+  }
+  size_t rows = m->d.decode_embed == TPC_EMBED_DECODE_PREFILL ? (size_t)de->stages[m->net.decode_stage].input_shapes[0].dims[1] : 1;
+  return need(m, de, m->net.decode_stage, 0, 0, BMAPI_INT32, rows * 4, "decode input_ids");
+}
+
+/* A self-attention prefill layer at every stage: hidden rows in (copied in
+ * basic mode), positions, the mask, and K/V rows out (written straight
+ * into the cache with io_alone). */
+static int check_block(tpc_model *m, net_t b) {
+  tpc_desc *d = &m->d;
+  int rc;
+  for (int s = 0; s < b->stage_num; s++) {
+    size_t rows = (size_t)b->stages[s].input_shapes[0].dims[1];
+    size_t kv = rows * m->buf.kv_row_bytes;
+    if ((rc = need(m, b, s, 0, 0, d->float_dtype, rows * m->buf.hidden_bytes, "hidden states")) ||
+        (rc = need(m, b, s, 0, 1, BMAPI_INT32, rows * 4, "position_ids")) ||
+        (d->prefill_has_mask && (rc = need(m, b, s, 0, 2, ANY_HALF, io_bytes(b, s, 0, 2), "attention_mask"))) ||
+        (rc = need(m, b, s, 1, 0, d->float_dtype, rows * m->buf.hidden_bytes, "hidden states")) ||
+        (rc = need(m, b, s, 1, 1, ANY_DTYPE, kv, "new K rows")) || (rc = need(m, b, s, 1, 2, ANY_DTYPE, kv, "new V rows")))
+      return rc;
+    if (io_bytes(b, s, 1, 1) > (size_t)d->kv_len * m->buf.kv_row_bytes)
+      return fail(m, TPC_E_MODEL, "%s returns %zu bytes of K rows, more than the %d-row cache holds", b->name,
+                  io_bytes(b, s, 1, 1), d->kv_len);
+  }
+  return TPC_OK;
+}
+
+/* A self-attention decode layer: one hidden row, its position, the L+1
+ * mask, the history (the cache itself with io_alone) and one new K/V row. */
+static int check_block_cache(tpc_model *m, net_t c) {
+  tpc_desc *d = &m->d;
+  int s = m->net.cache_stage, rc;
+  size_t hist = (size_t)d->kv_len * m->buf.kv_row_bytes;
+  if ((rc = need(m, c, s, 0, 0, d->float_dtype, m->buf.hidden_bytes, "hidden state")) ||
+      (rc = need(m, c, s, 0, 1, BMAPI_INT32, 4, "position_ids")) ||
+      (rc = need(m, c, s, 0, 2, d->mask_dtype, (size_t)(d->kv_len + 1) * 2, "attention_mask")) ||
+      (rc = need(m, c, s, 0, 3, ANY_DTYPE, hist, "history_k")) || (rc = need(m, c, s, 0, 4, ANY_DTYPE, hist, "history_v")) ||
+      (rc = need(m, c, s, 1, 0, d->float_dtype, m->buf.hidden_bytes, "hidden state")) ||
+      (rc = need(m, c, s, 1, 1, ANY_DTYPE, m->buf.kv_row_bytes, "new K row")) ||
+      (rc = need(m, c, s, 1, 2, ANY_DTYPE, m->buf.kv_row_bytes, "new V row")))
+    return rc;
+  if (io_bytes(c, s, 1, 1) != m->buf.kv_row_bytes)
+    return fail(m, TPC_E_MODEL, "%s returns a %zu-byte K row; the cache rows are %zu bytes", c->name,
+                io_bytes(c, s, 1, 1), m->buf.kv_row_bytes);
+  return TPC_OK;
+}
+
+static int check_heads(tpc_model *m) {
+  tpc_desc *d = &m->d;
+  net_t lm = m->net.lm_head, g = m->net.greedy_head, sh = m->net.sample_head;
+  size_t out = io_bytes(lm, 0, 1, 0);
+  int rc;
+  if ((rc = need(m, lm, 0, 0, 0, d->float_dtype, m->buf.hidden_bytes, "hidden state")) ||
+      (rc = need(m, lm, 0, 1, 0, ANY_DTYPE, d->lm_head_kind == 1 ? 4 : (size_t)d->vocab_size * dtype_size(d->logits_dtype),
+                 d->lm_head_kind == 1 ? "token" : "logits")))
+    return rc;
+  if (g && ((rc = need(m, g, 0, 0, 0, d->logits_dtype, out, "logits")) || (rc = need(m, g, 0, 1, 0, BMAPI_INT32, 4, "token"))))
+    return rc;
+  if (!sh) return TPC_OK;
+  const int *r = m->net.sample_in;
+  size_t ids = io_bytes(sh, 0, 0, r[TPC_SAMPLE_IDS]);
+  if ((rc = need(m, sh, 0, 0, r[TPC_SAMPLE_LOGITS], d->logits_dtype, out, "logits")) ||
+      (rc = need(m, sh, 0, 0, r[TPC_SAMPLE_IDS], BMAPI_INT32, ids, "input_ids")))
+    return rc;
+  for (int k = TPC_SAMPLE_PENALTY; k <= TPC_SAMPLE_TOP_P; k++)
+    if (r[k] >= 0 && (rc = need(m, sh, 0, 0, r[k], k == TPC_SAMPLE_TOP_K ? BMAPI_INT32 : BMAPI_F32, 4, "a setting")))
+      return rc;
+  if ((rc = need(m, sh, 0, 1, 0, BMAPI_F32, 4, "probabilities")) || (rc = need(m, sh, 0, 1, 1, BMAPI_INT32, 4, "ids")))
+    return rc;
+  return TPC_OK;
+}
+
+/* One device: every net the shim writes into (vision layers check their
+ * own in vision.c; several devices are laid out by md_plan.c). */
+int check_io(tpc_model *m) {
+  int rc;
+  if ((rc = check_embeddings(m)) || (rc = check_heads(m))) return rc;
+  for (int i = 0; i < m->d.num_layers; i++) {
+    if (m->vis.is_cross && m->vis.is_cross[i]) continue;
+    if ((rc = check_block(m, m->net.block[i])) || (rc = check_block_cache(m, m->net.block_cache[i]))) return rc;
+  }
+  return TPC_OK;
+}
