@@ -351,6 +351,33 @@ static int md_alloc_kv(tpc_model *m) {
   return TPC_OK;
 }
 
+/* Every input of a layer net must be something we fill (a role) or the
+ * output of one of its own steps (tied by the planner).  TPU-MLIR 1.24's
+ * --num_device decode nets also declare tensors of the layer's attention
+ * (rotary products, the concatenated K/V, ...) as inputs of their last step,
+ * which no step computes and no caller can know: the net's output then
+ * depends on leftover memory (tests/fakedev/unproduced.c shows it), so such
+ * a bmodel is refused rather than allowed to answer wrongly.
+ * TPUCHAT_MULTIDEV_UNCHECKED=1 runs it anyway, to diagnose. */
+static int md_check_fed(tpc_model *m) {
+  const char *env = getenv("TPUCHAT_MULTIDEV_UNCHECKED");
+  if (env && !strcmp(env, "1")) return TPC_OK;
+  for (int i = 0; i < 2 * m->d.num_layers; i++) {
+    net_t n = i % 2 ? m->net.block_cache[i / 2] : m->net.block[i / 2];
+    const tpc_net_plan *p = i % 2 ? m->md.p_cache[i / 2] : m->md.p_block[i / 2];
+    int unfed = p->num_passthrough_in - p->num_tied;
+    if (unfed <= 0) continue;
+    const char *first = "?";
+    for (int k = 0; k < n->input_num; k++)
+      if (p->in_role[k] == TPC_ROLE_NONE && p->in_tie[k] < 0) { first = n->input_names[k]; break; }
+    return fail(m, TPC_E_MODEL,
+                "this multi-device bmodel cannot give right answers: net %s reads %d tensor%s that none of its "
+                "steps computes (%s%s), a fault of the compiler that made it (TPU-MLIR 1.24 --num_device)",
+                n->name, unfed, unfed == 1 ? "" : "s", first, unfed > 1 ? ", ..." : "");
+  }
+  return TPC_OK;
+}
+
 /* Plans, checks, host scratch and the per-device KV shares. */
 int md_prepare(tpc_model *m) {
   tpc_desc *d = &m->d;
@@ -361,6 +388,7 @@ int md_prepare(tpc_model *m) {
                 m->roles.name);
   m->md.on = 1;
   if ((rc = md_plan_all(m))) return rc;
+  if ((rc = md_check_fed(m))) return rc;
   d->prefill_has_mask = m->md.p_block[0]->role_input[TPC_ROLE_MASK][0] >= 0;
   /* Not driven across devices here: block_kv nets and on-device heads. */
   d->has_block_kv = 0;
