@@ -24,10 +24,10 @@ def _spread(values: List[float]) -> dict:
 
 
 def _run(client, ids, n, reuse=True):
-    toks, stats = [], {}
+    toks, stats = [], None
     for ev in client.generate(ids, n, (), None, reuse):
         if isinstance(ev, DoneEvent):
-            stats = ev.stats
+            stats = ev.stats.to_dict()
         else:
             toks.append(ev.id)
     return toks, stats
@@ -97,15 +97,15 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
             # A fixed number of tokens per run (no stop on eos), each from a
             # fresh cache, keeps runs comparable.
             records.append(_run(client, ids, max_new_tokens, reuse=False)[1])
-        turn_rows = _turns(client, tok, turns, min(max_new_tokens, 16), desc["kv_len"]) if turns else []
-        length_rows = _lengths(client, ids, desc["seq_len"]) if lengths else []
-        shared = _shared_prefix(client, tok, shared_doc, ids, desc["kv_len"]) if shared_doc else None
+        turn_rows = _turns(client, tok, turns, min(max_new_tokens, 16), desc.kv_len) if turns else []
+        length_rows = _lengths(client, ids, desc.seq_len) if lengths else []
+        shared = _shared_prefix(client, tok, shared_doc, ids, desc.kv_len) if shared_doc else None
     keys = ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token")
     return {
         "model": model.rsplit("/", 1)[-1],
-        "runtime": desc["runtime"]["kind"],
+        "runtime": desc.runtime.kind,
         "devices": list(devids),
-        "dynamic": desc["dynamic"],
+        "dynamic": desc.dynamic,
         "prompt": prompt,
         "prompt_tokens": len(ids),
         "new_tokens": max_new_tokens,

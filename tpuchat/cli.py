@@ -247,13 +247,13 @@ def info(
     except TpuchatError as e:
         raise _fail(e)
     if as_json:
-        typer.echo(json.dumps(desc, indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(desc.to_dict(), indent=2, ensure_ascii=False))
         return
     from .tables import print_model_table
 
     print_model_table(desc, show_nets=nets)
-    if desc.get("family"):
-        _print_family(desc["family"])
+    if desc.family:
+        _print_family(desc.family)
 
 
 def _print_family(fam: dict) -> None:
@@ -337,12 +337,9 @@ def _stream_out(delta: str) -> None:
 
 
 def _stats_line(r: dict) -> str:
-    vit = f"vit {r['vit_s']:.3f} s (image encoder, before the prompt) | " if r.get("vit_s") else ""
-    return vit + (
-        f"FTL {r['ftl_s']:.3f} s | TPS {r['tokens_per_s']:.2f} tokens/s | "
-        f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens ({r['stop_reason']}) | "
-        f"device {r['device_ms_per_token']:.1f} ms/token | host {r['host_us_per_token']:.0f} µs/token"
-    )
+    from .chat.statsline import format_stats
+
+    return format_stats(r, "run")
 
 
 # --------------------------------------------------------------------------

@@ -8,50 +8,50 @@ def _mb(n: int) -> str:
     return f"{n / (1 << 20):.1f} MB"
 
 
-def _vision_text(desc: dict) -> str:
-    if desc.get("has_vision"):
-        return (f"images: {desc['vision_tiles']} tiles of {desc['image_size']} px "
-                f"({desc['image_patches']} patches each); cross-attention layers "
-                f"{', '.join(map(str, desc['cross_layers']))}; image K/V {_mb(desc['image_kv_bytes'])}")
-    if desc.get("cross_layers"):
-        return f"cross-attention layers {desc['cross_layers']} but no vit net: text only"
+def _vision_text(desc) -> str:
+    if desc.has_vision:
+        return (f"images: {desc.vision_tiles} tiles of {desc.image_size} px "
+                f"({desc.image_patches} patches each); cross-attention layers "
+                f"{', '.join(map(str, desc.cross_layers))}; image K/V {_mb(desc.image_kv_bytes)}")
+    if desc.cross_layers:
+        return f"cross-attention layers {desc.cross_layers} but no vit net: text only"
     return "no (text only)"
 
 
-def print_model_table(desc: dict, show_nets: bool = False) -> None:
+def print_model_table(desc, show_nets: bool = False) -> None:
     c = Console()
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
-    rt = desc.get("runtime", {})
-    heads = ", ".join(desc["heads"]) or "none"
+    rt = desc.runtime
+    heads = ", ".join(desc.heads) or "none"
     rows = [
-        ("file", f"{desc['path']} ({_mb(desc['file_size'])})"),
-        ("chip / toolchain", f"{desc.get('chip') or '?'} / {desc.get('toolchain') or '?'}"),
-        ("layers", str(desc["num_layers"])),
-        ("prefill length S", f"{desc['seq_len']}" + (f" (stages {desc['stages']})" if len(desc["stages"]) > 1 else "")),
-        ("KV length L", str(desc["kv_len"])),
-        ("hidden / KV heads x dim", f"{desc['hidden_size']} / {desc['kv_heads']} x {desc['head_dim']}"),
-        ("dtype / quantisation", f"{desc['dtype']} / {desc['quantization']}"),
-        ("prefill", "dynamic (real length)" if desc["dynamic"] else "static (always S)"),
-        ("lm_head", "top-1 token on device" if desc["lm_head"] == "top1" else f"logits ({desc['vocab_size']} wide)"),
+        ("file", f"{desc.path} ({_mb(desc.file_size)})"),
+        ("chip / toolchain", f"{desc.chip or '?'} / {desc.toolchain or '?'}"),
+        ("layers", str(desc.num_layers)),
+        ("prefill length S", f"{desc.seq_len}" + (f" (stages {desc.stages})" if len(desc.stages) > 1 else "")),
+        ("KV length L", str(desc.kv_len)),
+        ("hidden / KV heads x dim", f"{desc.hidden_size} / {desc.kv_heads} x {desc.head_dim}"),
+        ("dtype / quantisation", f"{desc.dtype} / {desc.quantization}"),
+        ("prefill", "dynamic (real length)" if desc.dynamic else "static (always S)"),
+        ("lm_head", "top-1 token on device" if desc.lm_head == "top1" else f"logits ({desc.vocab_size} wide)"),
         ("heads", heads),
-        ("history prefill (block_kv)", "yes" if desc["block_kv"] else "no"),
-        ("sampling", "available" if desc["lm_head"] == "logits" or desc["heads"] else "greedy only (top-1 build)"),
-        ("KV cache addressing", "io_alone (cache in block_cache IO)" if desc["addr_mode"] == 1 else "basic (own buffers)"),
-        ("KV cache size", _mb(desc["kv_cache_bytes"])),
-        ("devices needed", str(desc["num_device"])),
+        ("history prefill (block_kv)", "yes" if desc.block_kv else "no"),
+        ("sampling", "available" if desc.can_sample else "greedy only (top-1 build)"),
+        ("KV cache addressing", "io_alone (cache in block_cache IO)" if desc.addr_mode == 1 else "basic (own buffers)"),
+        ("KV cache size", _mb(desc.kv_cache_bytes)),
+        ("devices needed", str(desc.num_device)),
     ]
     rows.append(("vision", _vision_text(desc)))
-    for d in desc.get("devices", []):
-        mem = "memory unknown (simulator)" if d["mem_total_mb"] <= 0 else f"{d['mem_used_mb']} / {d['mem_total_mb']} MB used"
-        rows.append((f"device {d['devid']}", mem))
+    for d in desc.devices:
+        mem = "memory unknown (simulator)" if d.mem_total_mb <= 0 else f"{d.mem_used_mb} / {d.mem_total_mb} MB used"
+        rows.append((f"device {d.devid}", mem))
     if rt:
-        rows.append(("runtime", f"{rt['kind']} {rt.get('version') or ''} at {rt['path']}"))
+        rows.append(("runtime", f"{rt.kind} {rt.version or ''} at {rt.path}"))
     for k, v in rows:
         t.add_row(k, v)
     c.print(t)
-    c.print(f"[dim]nets:[/dim] {', '.join(desc['nets'])}")
+    c.print(f"[dim]nets:[/dim] {', '.join(desc.nets)}")
 
 
 def print_bench_table(r: dict) -> None:

@@ -7,6 +7,8 @@ import time
 from typing import List, Optional
 
 from tpuchat.chat.session import Delta, Finished
+from tpuchat.runtime.protocol import GenerationStats
+from tpuchat.tui.fake import fake_desc
 
 
 IMAGE_ID = 0x110000  # beyond every character: the image token
@@ -42,10 +44,7 @@ class FakeModel:
         self.prefill_s = prefill_s
         self.eos_after = eos_after  # end with 'eos' after this many tokens
         self.fail = fail  # raise this (once) instead of answering
-        self.desc = {"seq_len": seq_len, "kv_len": kv_len, "lm_head": "logits" if can_sample else "top1",
-                     "heads": []}
-        if vision:
-            self.desc.update(has_vision=True, vision_tiles=4, image_size=112)
+        self.desc = fake_desc("fake-model.bmodel", seq_len, kv_len, vision=vision, can_sample=can_sample)
         self.image_token_id = IMAGE_ID
         self.model_path = "/models/fake-model.bmodel"
         self.name = "fake-model.bmodel"
@@ -90,9 +89,9 @@ class FakeModel:
             yield Delta(piece, [i])
         rec["ended"], rec["stop_reason"] = time.monotonic(), reason
         dt = time.monotonic() - t0
-        stats = {"prompt_tokens": len(ids), "new_tokens": len(out), "ftl_s": self.prefill_s,
-                 "tokens_per_s": (len(out) / dt) if dt > 0 else 0.0, "device_ms_per_token": 1.0,
-                 "host_us_per_token": 2.0, "stop_reason": reason}
+        stats = GenerationStats(prompt_tokens=len(ids), new_tokens=len(out), ftl_s=self.prefill_s,
+                                tokens_per_s=(len(out) / dt) if dt > 0 else 0.0, device_ms_per_token=1.0,
+                                host_us_per_token=2.0, stop_reason=reason)
         yield Finished("".join(out), list(range(len(out))), stats)
 
     def cancel(self):

@@ -4,6 +4,7 @@ from typing import Callable, List, Optional, Sequence
 
 from ..errors import ImageError, PromptTooLong
 from ..runtime.client import DoneEvent, EngineClient
+from ..runtime.protocol import GenerationStats
 
 
 def encode_prompt(tok, prompt: str, use_template: bool, system: Optional[str], image=None) -> List[int]:
@@ -21,10 +22,10 @@ def encode_prompt(tok, prompt: str, use_template: bool, system: Optional[str], i
     return tok.encode_chat([{"role": "user", "content": prompt}], system=system)
 
 
-def check_fits(n_prompt: int, desc: dict) -> None:
-    if n_prompt > desc["kv_len"]:
+def check_fits(n_prompt: int, desc) -> None:
+    if n_prompt > desc.kv_len:
         raise PromptTooLong(
-            f"the prompt has {n_prompt} tokens but this bmodel holds at most {desc['kv_len']} "
+            f"the prompt has {n_prompt} tokens but this bmodel holds at most {desc.kv_len} "
             "(its KV length); shorten it or use a bmodel compiled with a longer --seq_length"
         )
 
@@ -37,7 +38,7 @@ def stream_answer(client: EngineClient, tok, ids: Sequence[int], max_new_tokens:
 
     dec = IncrementalDecoder(tok)
     generated: List[int] = []
-    stats: dict = {}
+    stats = GenerationStats()
     for ev in client.generate(ids, max_new_tokens, list(stop_ids), **image_args):
         if isinstance(ev, DoneEvent):
             stats = ev.stats
@@ -50,7 +51,7 @@ def stream_answer(client: EngineClient, tok, ids: Sequence[int], max_new_tokens:
     if rest and on_text:
         on_text(rest)
     result = {"text": tok.decode(generated), "token_ids": generated}
-    result.update(stats)
+    result.update(stats.to_dict())
     return result
 
 
@@ -92,7 +93,7 @@ def one_shot(model: str, prompt: str, devids: Sequence[int] = (0,), lib_dir: Opt
     return result
 
 
-def image_arguments(tok, client, desc: dict, model: str, att, ids: Sequence[int]) -> dict:
+def image_arguments(tok, client, desc, model: str, att, ids: Sequence[int]) -> dict:
     """The engine's image and image_pos for a prompt with one image (ImageError for a
     text-only model, a missing image processor, or a prompt without one image token)."""
     from ..vision.prompt import find_image_pos

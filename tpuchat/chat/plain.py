@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 from ..errors import EngineCrashed, ImageError, PromptTooLong
 from .conversation import Attachment, Conversation
 from .session import ChatModel, ChatSession, Delta, Finished, GenSettings, Notice
+from .statsline import format_stats
 
 HELP = ("commands: /clear (forget history) /new (same) /system TEXT (set system prompt) "
         "/image PATH (attach an image to the next message; /image off) /exit")
@@ -119,12 +120,7 @@ class PlainChat:
                 elif isinstance(ev, Finished):
                     self.out.write("\n")
                     self.out.flush()
-                    note = {"cancelled": " (stopped)", "context_full": " (context full: /clear to start over)",
-                            "max_tokens": " (max tokens)"}.get(ev.reason, "")
-                    st = ev.stats
-                    cached = (f" ({st['reused_tokens']} of {st['prompt_tokens']} prompt tokens cached)"
-                              if st.get("reused_tokens") else "")
-                    self.say(f"FTL {st['ftl_s']:.3f} s{cached} | TPS {st['tokens_per_s']:.2f} tokens/s{note}")
+                    self.say(format_stats(ev.stats, "plain"))
         except (PromptTooLong, ImageError) as e:
             self.refill = text
             self.pending_image = image  # kept for the retry

@@ -74,11 +74,8 @@ def check_bind(host: str, api_key: Optional[str], insecure: bool) -> None:
     )
 
 
-def model_can_sample(desc: dict) -> bool:
-    if "can_sample" in desc:
-        return bool(desc["can_sample"])
-    heads = desc.get("heads") or []
-    return desc.get("lm_head") == "logits" or "sample_head" in heads or "penalty_sample_head" in heads
+def model_can_sample(desc) -> bool:
+    return desc.can_sample
 
 
 # -- server ----------------------------------------------------------------------------------------
@@ -150,7 +147,7 @@ class ApiServer(ThreadingHTTPServer):
         from .images import load_image_url
 
         model = self.model
-        if not model.desc.get("has_vision"):
+        if not model.desc.has_vision:
             raise P.bad(f"the model {self.model_id} is text-only: it cannot take images; send text only",
                         "messages", "vision_unsupported")
         last = max(i for i, m in enumerate(messages) if "image_url" in m)
@@ -330,7 +327,7 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # the chat template refused the messages (e.g. role order)
             raise P.bad(f"the model's chat template refused these messages: {e}", "messages") from None
         desc = srv.model.desc
-        seq_len, kv_len = desc["seq_len"], desc["kv_len"]
+        seq_len, kv_len = desc.seq_len, desc.kv_len
         limit = min(seq_len, kv_len - 1)
         if len(ids) > limit:
             raise P.bad(
@@ -398,7 +395,7 @@ class Handler(BaseHTTPRequestHandler):
                         finish = "stop"
                         self.server.scheduler.cancel(job, "stop")
             elif isinstance(ev, Finished):
-                stats = ev.stats
+                stats = ev.stats.to_dict()
                 if matcher is not None and not matcher.stopped:
                     rest = matcher.flush()
                     if rest:
@@ -506,11 +503,11 @@ def serve(model_path: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] 
                 f"(computed in {p['seconds']:.2f} s); requests without a system message get it")
         srv.attach(model, model_id)
         d = model.desc
-        say(f"tpuchat serve: model {srv.model_id} (prefill {d['seq_len']}, KV {d['kv_len']}, "
+        say(f"tpuchat serve: model {srv.model_id} (prefill {d.seq_len}, KV {d.kv_len}, "
             f"{'can sample' if srv.can_sample else 'greedy only'}); "
             f"auth {'on' if srv.api_key else 'off'}; queue {max_waiting}"
             + (f"; images {'from data: URLs and ' + srv.image_dir if srv.image_dir else 'from data: URLs'}"
-               if d.get("has_vision") else ""))
+               if d.has_vision else ""))
         say(f"tpuchat serve: listening on {srv.url}")
 
         def _term(signum, frame):

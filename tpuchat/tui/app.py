@@ -28,8 +28,9 @@ from ..chat.session import ChatSession, Delta, Finished, GenSettings, Notice
 from ..errors import EngineCrashed, ImageError, PromptTooLong, TpuchatError
 from ..store import Store
 from .screens import Confirm, DevicePicker, HelpScreen, ImagePicker, ModelPicker, SettingsScreen, TextPrompt
-from .widgets import (AttachmentChip, ChatView, ConversationList, ImageView, MessageBox, PromptInput, StatusBar,
-                      fmt_stats)
+from ..chat.statsline import as_stats, format_stats, stats_parts
+from ..runtime.protocol import GenerationStats, can_sample as model_can_sample
+from .widgets import AttachmentChip, ChatView, ConversationList, ImageView, MessageBox, PromptInput, StatusBar
 
 DRAIN_HZ = 15.0
 
@@ -97,7 +98,7 @@ class TpuchatApp(App):
         self._t_first: Optional[float] = None
         self._tokens = 0
         self._last_save = 0.0
-        self.last_stats: dict = {}
+        self.last_stats: GenerationStats = GenerationStats.partial()
         self.ctx_used = 0
         self.latencies: List[float] = []  # token arrival -> on screen, seconds (for the benchmark)
         self.generating = False
@@ -191,7 +192,7 @@ class TpuchatApp(App):
         self.conv_settings = {}
         self.session.conv = Conversation(system=self.defaults.system_prompt or None)
         self.ctx_used = 0
-        self.last_stats = {}
+        self.last_stats = GenerationStats.partial()
         await self.chat.remove_children()
         self._show_welcome()
         self.refresh_sidebar()
@@ -209,7 +210,7 @@ class TpuchatApp(App):
         self.session.conv = Conversation(system=c.system,
                                          messages=[Message(m.role, m.content, m.stopped, _stored_attachment(m))
                                                    for m in msgs])
-        self.last_stats = {}
+        self.last_stats = GenerationStats.partial()
         self.ctx_used = 0
         await self.chat.remove_children()
         boxes = []
@@ -219,9 +220,9 @@ class TpuchatApp(App):
                 boxes.append(MessageBox("user", m.content, image=view))
             else:
                 boxes.append(MessageBox("assistant", m.content, title=m.model or "Assistant",
-                                        footer=fmt_stats(m.stats, m.stopped, m.error)))
-                if m.stats.get("prompt_tokens") is not None:
-                    self.ctx_used = m.stats["prompt_tokens"] + m.stats.get("new_tokens", 0)
+                                        footer=format_stats(m.stats, "footer", m.stopped, m.error)))
+                if m.stats.prompt_tokens is not None:
+                    self.ctx_used = m.stats.prompt_tokens + (m.stats.new_tokens or 0)
         if boxes:
             await self.chat.mount_all(boxes)
         else:
@@ -278,9 +279,9 @@ class TpuchatApp(App):
             return
         if self.model is not None:
             d = self.model.desc
-            text = (f"[b]{escape(self.model.name)}[/b] is ready (S {d['seq_len']} / L {d['kv_len']}). "
+            text = (f"[b]{escape(self.model.name)}[/b] is ready (S {d.seq_len} / L {d.kv_len}). "
                     "Type a message and press Enter."
-                    + (" It sees images: /image PATH or F5 attaches one." if d.get("has_vision") else "")
+                    + (" It sees images: /image PATH or F5 attaches one." if d.has_vision else "")
                     + "\n[dim]F1 help · F2 model · F4 settings · Ctrl+B conversations[/dim]")
         elif self.load_error:
             return
@@ -372,7 +373,7 @@ class TpuchatApp(App):
     def action_pick_devices(self) -> None:
         if self._busy():
             return
-        needed = self.model.desc.get("num_device", 1) if self.model is not None else 1
+        needed = self.model.desc.num_device if self.model is not None else 1
 
         def done(ids: Optional[List[int]]) -> None:
             if ids and self.model_path:
@@ -391,7 +392,7 @@ class TpuchatApp(App):
         except TpuchatError as e:
             self.notify(str(e), severity="error")
             return
-        needed = self.model.desc.get("num_device", 1) if self.model is not None else len(ids)
+        needed = self.model.desc.num_device if self.model is not None else len(ids)
         if len(ids) != needed:
             self.notify(f"This bmodel was compiled for {needed} device{'s' if needed != 1 else ''}, "
                         f"but {len(ids)} were given.", severity="error", timeout=8)
@@ -403,10 +404,7 @@ class TpuchatApp(App):
 
     # -- settings ------------------------------------------------------------------
     def action_settings(self) -> None:
-        can_sample = None
-        if self.model is not None:
-            d = self.model.desc
-            can_sample = d.get("lm_head") == "logits" or any("sample" in h for h in d.get("heads", []))
+        can_sample = model_can_sample(self.model.desc) if self.model is not None else None
 
         def done(result) -> None:
             if not result:
@@ -451,7 +449,7 @@ class TpuchatApp(App):
                             severity="error", timeout=8)
             return
         image = self.pending_image
-        if image is not None and not self.model.desc.get("has_vision"):
+        if image is not None and not self.model.desc.has_vision:
             self.notify(f"{self.model.name} is a text-only model: it cannot take images. Your message and the "
                         "image stay; /image off removes the image, F2 opens a vision model.",
                         severity="error", timeout=8)
@@ -537,16 +535,16 @@ class TpuchatApp(App):
                 self.state = "generating"
             if self.generating and self._t_first is not None:
                 if self._answer_box is not None:
-                    self._answer_box.set_footer("[dim]" + fmt_stats(self.live_stats(), live=True) + " · Esc stops[/dim]")
+                    self._answer_box.set_footer("[dim]" + format_stats(self.live_stats(), "footer", live=True) + " · Esc stops[/dim]")
         self._status_line()
 
-    def live_stats(self) -> dict:
+    def live_stats(self) -> GenerationStats:
         if self._t_first is None:
-            return {}
+            return GenerationStats.partial()
         now = time.perf_counter()
         n = self._tokens
         tps = (n - 1) / (now - self._t_first) if n > 1 and now > self._t_first else 0.0
-        return {"ftl_s": self._t_first - self._t_send, "tokens_per_s": tps, "new_tokens": n}
+        return GenerationStats.partial(ftl_s=self._t_first - self._t_send, tokens_per_s=tps, new_tokens=n)
 
     async def _finish(self, final: Optional[Finished], error: Optional[str], tail: str) -> None:
         await self._drain()
@@ -561,18 +559,18 @@ class TpuchatApp(App):
         stopped = conv_msgs[-1].stopped if conv_msgs and conv_msgs[-1].role == "assistant" else True
         if final is not None:
             await box.finalize(final.text)
-            stats = dict(final.stats)
+            stats = final.stats
             self.last_stats = stats
-            self.ctx_used = stats.get("prompt_tokens", 0) + stats.get("new_tokens", 0)
-            box.set_footer(fmt_stats(stats, stopped, None, None))
+            self.ctx_used = stats.prompt_tokens + stats.new_tokens
+            box.set_footer(format_stats(stats, "footer", stopped))
             if row is not None:
                 self.store.update_message(row, content=final.text, stopped=stopped, stats=stats)
         else:
             text = conv_msgs[-1].content if conv_msgs and conv_msgs[-1].role == "assistant" else box.text
             await box.finalize(text)
-            stats = self.live_stats()
-            stats["stop_reason"] = "failed"
-            box.set_footer(fmt_stats(stats, True, error or "failed"))
+            stats = as_stats(self.live_stats())
+            stats.stop_reason = "failed"
+            box.set_footer(format_stats(stats, "footer", True, error or "failed"))
             if row is not None:
                 self.store.update_message(row, content=text, stopped=True, stats=stats, error=error or "failed")
             self.show_error(f"The answer failed: {escape(error or '')}\n[dim]What was produced is kept. "
@@ -815,7 +813,7 @@ class TpuchatApp(App):
         from ..chat.session import attach_image
 
         path = os.path.expanduser(path.strip().strip("'\""))
-        if self.model is not None and not self.model.desc.get("has_vision"):
+        if self.model is not None and not self.model.desc.has_vision:
             self.notify(f"{self.model.name} is a text-only model: it cannot take images (F2 opens a vision "
                         "model).", severity="error", timeout=8)
             return False
@@ -853,19 +851,16 @@ class TpuchatApp(App):
                    "stopping": "yellow", "error": "red", "no model": "red"}
         rest.append(f"[b {colours.get(self.state, 'white')}]{self.state}[/]")
         st = self.live_stats() if self.generating else self.last_stats
-        if st.get("ftl_s") is not None:
-            rest.append(f"FTL {st['ftl_s']:.2f}s")
-            rest.append(f"{st.get('tokens_per_s', 0.0):.1f} tok/s")
+        rest += stats_parts(st, "status")
         if self.model is not None:
             d = self.model.desc
             used = self.ctx_used
             if self.generating:
                 used = self.session.last_prompt_tokens + self._tokens
-            rest.append(f"ctx {used}/{d['kv_len']}")
-            devs = d.get("devices") or []
-            total = sum(x.get("mem_total_mb", 0) for x in devs)
+            rest.append(f"ctx {used}/{d.kv_len}")
+            total = sum(x.mem_total_mb for x in d.devices)
             if total > 0:
-                usedm = sum(x.get("mem_used_mb", 0) for x in devs)
+                usedm = sum(x.mem_used_mb for x in d.devices)
                 rest.append(f"mem {usedm / 1024:.1f}/{total / 1024:.1f}G")
             else:
                 rest.append("mem n/a")

@@ -12,6 +12,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from ..chat.session import Delta, Finished, GenSettings
 from ..errors import EngineCrashed, PromptTooLong
+from ..runtime.protocol import DeviceStat, GenerationStats, ModelDesc, RuntimeInfo
 
 DEFAULT_ANSWER = (
     "Here is a **bubble sort** in Python:\n\n"
@@ -43,17 +44,20 @@ def split_tokens(text: str) -> List[str]:
 
 
 def fake_desc(name: str = "fake-qwen2-7b_w4bf16_seq512.bmodel", seq_len: int = 512, kv_len: int = 512,
-              num_device: int = 1, devids: Sequence[int] = (0,), vision: bool = False) -> dict:
-    extra = {"has_vision": True, "vision_tiles": 4, "image_size": 112} if vision else {}
-    return {**extra, 
-        "path": "/models/" + name, "file_size": 4_300_000_000, "chip": "BM1684X", "toolchain": "1.30.2",
-        "num_layers": 28, "seq_len": seq_len, "kv_len": kv_len, "hidden_size": 3584, "kv_heads": 4,
-        "head_dim": 128, "dtype": "bf16", "quantization": "w4bf16", "addr_mode": 1, "dynamic": False,
-        "prefill_has_mask": True, "stages": [1], "num_device": num_device, "lm_head": "top1",
-        "vocab_size": 152064, "heads": [], "block_kv": False, "kv_cache_bytes": 58_720_256, "nets": [],
-        "devices": [{"devid": d, "mem_total_mb": 12288, "mem_used_mb": 5230, "tpu_util": 0} for d in devids],
-        "runtime": {"kind": "fake", "path": "", "version": ""},
-    }
+              num_device: int = 1, devids: Sequence[int] = (0,), vision: bool = False,
+              can_sample: bool = False) -> ModelDesc:
+    """The description a Qwen2-7B w4bf16 build would have (a top-1 build unless can_sample)."""
+    return ModelDesc(
+        path="/models/" + name, file_size=4_300_000_000, chip="BM1684X", toolchain="1.30.2",
+        num_layers=28, seq_len=seq_len, kv_len=kv_len, hidden_size=3584, kv_heads=4,
+        head_dim=128, dtype="bf16", quantization="w4bf16", addr_mode=1, dynamic=False,
+        prefill_has_mask=True, stages=[1], num_device=num_device,
+        lm_head="logits" if can_sample else "top1", vocab_size=152064, heads=[],
+        block_kv=False, kv_cache_bytes=58_720_256, nets=[],
+        devices=[DeviceStat(d, 12288, 5230, 0) for d in devids],
+        has_vision=vision, vision_tiles=4 if vision else 0, image_size=112 if vision else 0,
+        image_patches=65 if vision else 0, runtime=RuntimeInfo("", "fake", ""),
+    )
 
 
 class FakeModel:
@@ -64,12 +68,12 @@ class FakeModel:
     prefill_s: delay before the first token."""
 
     def __init__(self, answer: str = DEFAULT_ANSWER, rate: float = 50.0, name: Optional[str] = None,
-                 desc: Optional[dict] = None, answers: Optional[List[str]] = None, crash_after: Optional[int] = None,
+                 desc: Optional[ModelDesc] = None, answers: Optional[List[str]] = None, crash_after: Optional[int] = None,
                  max_prompt_chars: int = 2000, prefill_s: float = 0.05, devids: Sequence[int] = (0,),
                  vision: bool = False):
         self.desc = desc or fake_desc(name or ("fake-llama3.2-vision_bf16.bmodel" if vision
                                                else "fake-qwen2-7b_w4bf16_seq512.bmodel"), devids=devids, vision=vision)
-        self.model_path = self.desc["path"]
+        self.model_path = self.desc.path
         self.answer = answer
         self.answers = list(answers or [])
         self.rate = rate
@@ -106,7 +110,7 @@ class FakeModel:
         from ..chat.conversation import FittedPrompt, template_messages
 
         self.fit(conv, settings)  # the same refusals
-        msgs, img = template_messages(conv.messages, images=bool(self.desc.get("has_vision")))
+        msgs, img = template_messages(conv.messages, images=self.desc.has_vision)
         ids: List[int] = []
         for i, m in enumerate(msgs):
             if i == img:
@@ -155,15 +159,15 @@ class FakeModel:
             yield Delta(p, [i])
         end = time.perf_counter()
         n = len(produced)
-        stats = {
-            "ftl_s": (first or end) - t0,
-            "tokens_per_s": (n - 1) / (end - first) if first and n > 1 and end > first else 0.0,
-            "new_tokens": n,
-            "prompt_tokens": len(ids),
-            "device_ms_per_token": 1000.0 / self.rate if self.rate else 0.0,
-            "host_us_per_token": 50.0,
-            "stop_reason": reason,
-        }
+        stats = GenerationStats(
+            ftl_s=(first or end) - t0,
+            tokens_per_s=(n - 1) / (end - first) if first and n > 1 and end > first else 0.0,
+            new_tokens=n,
+            prompt_tokens=len(ids),
+            device_ms_per_token=1000.0 / self.rate if self.rate else 0.0,
+            host_us_per_token=50.0,
+            stop_reason=reason,
+        )
         yield Finished("".join(produced), list(range(n)), stats)
 
     def cancel(self) -> None:

@@ -122,20 +122,36 @@ class Confirm(ModalScreen):
         self.dismiss(False)
 
 
-def describe_lines(desc: dict, tokenizer: Optional[str]) -> str:
-    devs = desc.get("num_device", 1)
+def vocab_text(desc, tokenizer: Optional[str]) -> str:
+    """A top-1 build never hands the logits to the host, so the shim cannot see
+    the vocabulary: take it from the model's config.json, else say n/a."""
+    if desc.vocab_size:
+        return str(desc.vocab_size)
+    if tokenizer:
+        try:
+            import json
+
+            n = json.loads((Path(tokenizer) / "config.json").read_text()).get("vocab_size")
+            if isinstance(n, int) and n > 0:
+                return f"{n} (config.json)"
+        except (OSError, ValueError, AttributeError):
+            pass
+    return "n/a"
+
+
+def describe_lines(desc, tokenizer: Optional[str]) -> str:
+    devs = desc.num_device
     lines = [
-        f"[b]{escape(Path(desc.get('path', '')).name)}[/b]",
-        f"quantisation [b]{escape(str(desc.get('quantization', '?')))}[/b] · dtype {desc.get('dtype', '?')} · "
-        f"{desc.get('num_layers', '?')} layers · hidden {desc.get('hidden_size', '?')}",
-        f"prefill S [b]{desc.get('seq_len', '?')}[/b] · KV L [b]{desc.get('kv_len', '?')}[/b] · "
-        f"{'dynamic' if desc.get('dynamic') else 'static'} · vocab {desc.get('vocab_size', '?')}",
-        f"needs [b]{devs}[/b] device{'s' if devs != 1 else ''} · lm_head {desc.get('lm_head', '?')}"
-        + (" · can sample" if desc.get("lm_head") == "logits" or any("sample" in h for h in desc.get("heads", []))
-           else " · greedy only"),
-        f"size {human_size(desc.get('file_size', 0))} · toolchain {escape(str(desc.get('toolchain') or '?'))}",
-    ] + ([f"vision: images as {desc.get('vision_tiles', '?')} tiles of {desc.get('image_size', '?')} px"]
-         if desc.get("has_vision") else []) + [
+        f"[b]{escape(desc.name)}[/b]",
+        f"quantisation [b]{escape(str(desc.quantization))}[/b] · dtype {desc.dtype} · "
+        f"{desc.num_layers} layers · hidden {desc.hidden_size}",
+        f"prefill S [b]{desc.seq_len}[/b] · KV L [b]{desc.kv_len}[/b] · "
+        f"{'dynamic' if desc.dynamic else 'static'} · vocab {vocab_text(desc, tokenizer)}",
+        f"needs [b]{devs}[/b] device{'s' if devs != 1 else ''} · lm_head {desc.lm_head}"
+        + (" · can sample" if desc.can_sample else " · greedy only"),
+        f"size {human_size(desc.file_size)} · toolchain {escape(str(desc.toolchain or '?'))}",
+    ] + ([f"vision: images as {desc.vision_tiles} tiles of {desc.image_size} px"]
+         if desc.has_vision else []) + [
         ("tokenizer: [green]" + escape(tokenizer) + "[/]") if tokenizer else "tokenizer: [red]not found[/] "
         "(put it in config/ beside the bmodel or pass --tokenizer)",
     ]
