@@ -27,8 +27,8 @@ def test_model_desc_round_trips_through_the_pipe_and_json():
     ("top1", [], False),
     ("top1", ["greedy_head"], False),  # a greedy head on the host side does not sample
     ("logits", ["greedy_head"], True),
-    ("top1", ["sample_head"], True),
-    ("top1", ["penalty_sample_head"], True),
+    ("logits", ["sample_head"], True),
+    ("top1", ["penalty_sample_head"], False),  # no such build: the shim would refuse to sample
 ])
 def test_can_sample_is_one_rule(lm_head, heads, expect):
     d = dataclasses.replace(fake_desc(), lm_head=lm_head, heads=heads)

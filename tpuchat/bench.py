@@ -8,7 +8,8 @@ import statistics
 from typing import List, Optional, Sequence
 
 from .chat.oneshot import check_fits, encode_prompt
-from .runtime.client import DoneEvent, EngineClient
+from .chat.session import ModelSpec, open_chat_model
+from .runtime.client import DoneEvent
 
 TURN_QUESTIONS = [
     "请使用python写一段冒泡排序算法。",
@@ -83,15 +84,13 @@ def _shared_prefix(client, tok, doc: str, other_ids: List[int], limit: int) -> d
 def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokenizer_dir: Optional[str],
               prompt: str, runs: int, max_new_tokens: int, turns: int = 3, lengths: bool = True,
               shared_doc: Optional[str] = None) -> dict:
-    from .runtime.bmodel_file import check_bmodel_file
-    from .text import find_tokenizer_dir, load_tokenizer
-
-    check_bmodel_file(model)
-    tok = load_tokenizer(find_tokenizer_dir(tokenizer_dir, model))
-    ids = encode_prompt(tok, prompt, True, None)
+    chat_model = open_chat_model(ModelSpec(model, devids, lib_dir, tokenizer_dir))
+    # The runs below drive the engine client itself: they need knobs a chat never turns
+    # (recompute the whole prompt, no stop on end-of-turn tokens).
+    tok, client, desc = chat_model.tok, chat_model.client, chat_model.desc
     records = []
-    with EngineClient() as client:
-        desc = client.open(model, devids, lib_dir)
+    try:
+        ids = encode_prompt(tok, prompt, True, None)
         check_fits(len(ids), desc)
         for _ in range(runs):
             # A fixed number of tokens per run (no stop on eos), each from a
@@ -100,6 +99,8 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
         turn_rows = _turns(client, tok, turns, min(max_new_tokens, 16), desc.kv_len) if turns else []
         length_rows = _lengths(client, ids, desc.seq_len) if lengths else []
         shared = _shared_prefix(client, tok, shared_doc, ids, desc.kv_len) if shared_doc else None
+    finally:
+        chat_model.close()
     keys = ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token")
     return {
         "model": model.rsplit("/", 1)[-1],

@@ -35,8 +35,7 @@ def test_can_sample_from_description():
     assert not H.model_can_sample(top1)
     assert not H.model_can_sample(dataclasses.replace(top1, heads=["greedy_head"]))
     assert H.model_can_sample(dataclasses.replace(top1, lm_head="logits", heads=["greedy_head"]))
-    assert H.model_can_sample(dataclasses.replace(top1, heads=["penalty_sample_head"]))
-    assert H.model_can_sample(dataclasses.replace(top1, heads=["sample_head"]))
+    assert H.model_can_sample(dataclasses.replace(top1, lm_head="logits", heads=["penalty_sample_head"]))
 
 
 def test_defaults_are_greedy_without_limit():

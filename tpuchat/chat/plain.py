@@ -7,13 +7,15 @@ kept); Ctrl+C again at the prompt, or Ctrl+D, exits.  A message that fails
 (too long, engine crash) is offered again on the next prompt line.
 """
 
+import dataclasses
 import signal
 import sys
 from typing import Optional, Sequence
 
 from ..errors import EngineCrashed, ImageError, PromptTooLong
 from .conversation import Attachment, Conversation
-from .session import ChatModel, ChatSession, Delta, Finished, GenSettings, Notice
+from ..options import check_can_sample
+from .session import ChatModel, ChatSession, Delta, Finished, GenSettings, ModelSpec, Notice, open_chat_model
 from .statsline import format_stats
 
 HELP = ("commands: /clear (forget history) /new (same) /system TEXT (set system prompt) "
@@ -22,9 +24,10 @@ HELP = ("commands: /clear (forget history) /new (same) /system TEXT (set system 
 
 class PlainChat:
     def __init__(self, model: ChatModel, max_new_tokens: int, system: Optional[str], out=sys.stdout,
-                 err=sys.stderr):
+                 err=sys.stderr, settings: Optional[GenSettings] = None):
         self.model = model
-        self.session = ChatSession(model, Conversation(system=system), GenSettings(max_new_tokens))
+        settings = settings or GenSettings(max_new_tokens)
+        self.session = ChatSession(model, Conversation(system=system), settings)
         self.out, self.err = out, err
         self.refill = ""  # text to offer again on the next prompt
         self.pending_image: Optional[Attachment] = None  # goes with the next message
@@ -137,7 +140,7 @@ class PlainChat:
 
     def loop(self) -> int:
         d = self.model.desc
-        self.say(f"{self.model.name} · S {d['seq_len']} / L {d['kv_len']} · {d['runtime']['kind']} · {HELP}")
+        self.say(f"{self.model.name} · S {d.seq_len} / L {d.kv_len} · {d.runtime.kind if d.runtime else '?'} · {HELP}")
         interrupted_once = False
         while True:
             try:
@@ -168,14 +171,19 @@ class PlainChat:
 
 
 def run_plain_chat(model: str, devids: Sequence[int], lib_dir: Optional[str], tokenizer_dir: Optional[str],
-                   max_new_tokens: int, system: Optional[str], shared_prefix: bool = False) -> int:
-    """shared_prefix: `system` is a long shared document; compute it once and keep it on the device."""
-    chat_model = ChatModel(model, devids, lib_dir, tokenizer_dir)
+                   max_new_tokens: int, system: Optional[str], shared_prefix: bool = False,
+                   settings: Optional[GenSettings] = None) -> int:
+    """shared_prefix: `system` is a long shared document; compute it once and keep it on the device.
+    settings: sampling (greedy when None)."""
+    spec = ModelSpec(model, devids, lib_dir, tokenizer_dir, system if shared_prefix else None)
+    chat_model = open_chat_model(spec)
     try:
-        if shared_prefix and system:
-            p = chat_model.pin_system_prefix(system)
+        settings = dataclasses.replace(settings or GenSettings(), max_new_tokens=max_new_tokens)
+        check_can_sample(settings, chat_model.desc)
+        if spec.shared_prefix:
+            p = chat_model.pinned
             print(f"(shared prefix: {p['tokens']} tokens kept on the device, computed in {p['seconds']:.2f} s)",
                   file=sys.stderr, flush=True)
-        return PlainChat(chat_model, max_new_tokens, system).loop()
+        return PlainChat(chat_model, max_new_tokens, system, settings=settings).loop()
     finally:
         chat_model.close()

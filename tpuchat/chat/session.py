@@ -29,6 +29,7 @@ class GenSettings:
     repetition_penalty: float = 1.0  # 1.0: off
     seed: Optional[int] = None
     stop: List[str] = field(default_factory=list)  # stop strings, on top of the model's end tokens
+    ignore_eos: bool = False  # run on through end-of-turn tokens (`tpuchat run --ignore-eos`, benchmarks)
 
     def sampling(self) -> Optional[dict]:
         """The engine's sampling arguments; None means greedy."""
@@ -90,7 +91,12 @@ class ChatModel:
         check_bmodel_file(model)  # a bad model path is the more basic error than a tokenizer
         self.tok = load_tokenizer(find_tokenizer_dir(tokenizer_dir, model))
         self.client = client or EngineClient()
-        self.desc = self.client.open(model, list(devids), lib_dir)
+        try:
+            self.desc: ModelDesc = self.client.open(model, list(devids), lib_dir)
+        except BaseException:
+            if client is None:
+                self.client.close()  # no worker left behind by a model that did not open
+            raise
         self.model_path = model
         self.pinned: dict = {}  # the shared prefix kept on the device (pin_system_prefix)
 
@@ -116,8 +122,8 @@ class ChatModel:
         dec = IncrementalDecoder(self.tok)
         generated: List[int] = []
         kw = {} if image is None else {"image": image, "image_pos": image_pos}
-        for ev in self.client.generate(ids, settings.max_new_tokens, sorted(self.tok.eos_ids), settings.sampling(),
-                                       **kw):
+        stops = [] if settings.ignore_eos else sorted(self.tok.eos_ids)
+        for ev in self.client.generate(ids, settings.max_new_tokens, stops, settings.sampling(), **kw):
             if isinstance(ev, DoneEvent):
                 rest = dec.flush()
                 if rest:
@@ -187,6 +193,30 @@ class ChatModel:
         cache.clear()  # the model holds one image: keep only the latest
         cache[att.digest] = inputs
         return inputs
+
+
+@dataclass
+class ModelSpec:
+    """Which model to open, and how: what every front end is given."""
+
+    path: str
+    devids: Sequence[int] = (0,)
+    lib_dir: Optional[str] = None
+    tokenizer_dir: Optional[str] = None
+    shared_prefix: Optional[str] = None  # a system prompt whose KV rows stay on the device (--prefix-file)
+
+
+def open_chat_model(spec: ModelSpec, client: Optional[EngineClient] = None) -> ChatModel:
+    """Open the model, pin the shared prefix, and close it all again if any step fails:
+    the one way every front end (TUI, plain chat, run, bench, serve) gets a model."""
+    model = ChatModel(spec.path, list(spec.devids), spec.lib_dir, spec.tokenizer_dir, client)
+    if spec.shared_prefix:
+        try:
+            model.pin_system_prefix(spec.shared_prefix)
+        except BaseException:
+            model.close()
+            raise
+    return model
 
 
 def check_vision(desc: ModelDesc, name: str) -> None:

@@ -76,8 +76,9 @@ class ModelDesc:
 
     @property
     def can_sample(self) -> bool:
-        """The one rule: logits come back to the host, or a sampling head is in the bmodel."""
-        return self.lm_head == "logits" or "sample_head" in self.heads or "penalty_sample_head" in self.heads
+        """The one rule, the shim's (tpc_set_sampling): lm_head hands logits to the host.  A
+        sample_head/penalty_sample_head takes those logits, so it never comes without them."""
+        return self.lm_head == "logits"
 
     @property
     def name(self) -> str:

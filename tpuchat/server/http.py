@@ -489,15 +489,15 @@ def serve(model_path: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] 
 
     shared_prefix: a system prompt (e.g. a long document) computed once and kept on the device;
     requests without a system message get it, and every request starting with it reuses it."""
-    from ..chat.session import ChatModel
+    from ..chat.session import ModelSpec, open_chat_model
 
     check_bind(host, api_key, insecure)
     srv = ApiServer((host, port), api_key, max_waiting, greedy_fallback, image_dir=image_dir)
     model = None
     try:
-        model = ChatModel(model_path, devids, lib_dir, tokenizer_dir)
+        model = open_chat_model(ModelSpec(model_path, devids, lib_dir, tokenizer_dir, shared_prefix or None))
         if shared_prefix:
-            p = model.pin_system_prefix(shared_prefix)
+            p = model.pinned
             srv.default_system = shared_prefix
             say(f"tpuchat serve: shared prefix of {p['tokens']} tokens kept on the device "
                 f"(computed in {p['seconds']:.2f} s); requests without a system message get it")

@@ -385,7 +385,7 @@ class TpuchatApp(App):
                                       self.devids), done)
 
     def set_devices(self, text: str) -> None:
-        from ..cli import parse_devids
+        from ..options import parse_devids
 
         try:
             ids = parse_devids(text)

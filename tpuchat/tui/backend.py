@@ -20,16 +20,9 @@ class Backend:
         self._desc_cache: Dict[str, "ModelDesc"] = {}
 
     def open_model(self, path: str, devids: Sequence[int]):
-        from ..chat.session import ChatModel
+        from ..chat.session import ModelSpec, open_chat_model
 
-        model = ChatModel(path, list(devids), self.lib_dir, self.tokenizer_dir)
-        if self.shared_prefix:
-            try:
-                model.pin_system_prefix(self.shared_prefix)
-            except Exception:
-                model.close()
-                raise
-        return model
+        return open_chat_model(ModelSpec(path, list(devids), self.lib_dir, self.tokenizer_dir, self.shared_prefix))
 
     def devices(self, model=None) -> dict:
         """{kind, path, count, devices: [{devid, mem_total_mb, mem_used_mb, tpu_util}]}"""
