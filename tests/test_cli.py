@@ -110,6 +110,9 @@ def test_bench_json(sim_lib, build, tmp_path):
     turn1, turn2 = b["turns"]
     assert turn1["reused_tokens"] == 0 and turn2["reused_tokens"] > turn1["prompt_tokens"] // 2
     assert b["prompt_lengths"] == []
+    # host time covers the whole path of a token: the worker's share is part of it
+    assert 0 < b["worker_host_us_per_token"]["median"] <= b["host_us_per_token"]["median"]
+    assert {"ftl_s", "host_us_per_token", "worker_host_us_per_token"} <= set(b["covers"])
 
 
 def test_plain_chat_three_turns(demo, tmp_path):

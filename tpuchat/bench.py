@@ -11,6 +11,19 @@ from .chat.oneshot import check_fits, encode_prompt
 from .chat.session import ModelSpec, open_chat_model
 from .runtime.client import DoneEvent
 
+# What each figure of a run covers (printed under the table, and in --json as "covers").
+COVERS = {
+    "ftl_s": "prompt in to first token out: the prefill call in the engine worker",
+    "tokens_per_s": "decode steps per second of decode-call time in the worker",
+    "device_ms_per_token": "per decode step, the time inside runtime calls on the device (or simulator)",
+    "host_us_per_token": "per decode step, all host time of a token: worker loop and shim, the pipe, and "
+                         "this process receiving it (time between two tokens' arrivals minus device time)",
+    "worker_host_us_per_token": "the worker's share of host_us_per_token (decode call outside the device, "
+                                "the loop around it)",
+    "launches_per_token": "runtime net launches per decode step",
+    "copies_per_token": "host<->device copies per decode step",
+}
+
 TURN_QUESTIONS = [
     "请使用python写一段冒泡排序算法。",
     "Explain how it works, step by step.",
@@ -101,7 +114,7 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
         shared = _shared_prefix(client, tok, shared_doc, ids, desc.kv_len) if shared_doc else None
     finally:
         chat_model.close()
-    keys = ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token")
+    keys = ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token", "worker_host_us_per_token")
     return {
         "model": model.rsplit("/", 1)[-1],
         "runtime": desc.runtime.kind,
@@ -117,4 +130,5 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
         "turns": turn_rows,
         "prompt_lengths": length_rows,
         "shared_prefix": shared,
+        "covers": COVERS,
     }

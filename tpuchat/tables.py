@@ -57,7 +57,7 @@ def print_model_table(desc, show_nets: bool = False) -> None:
 def print_bench_table(r: dict) -> None:
     c = Console()
     t = Table(title=f"tpuchat bench · {r['runtime']} · devices {','.join(map(str, r['devices']))}")
-    for col in ("model", "FTL (s)", "tokens/s", "device ms/token", "host µs/token", "calls/token"):
+    for col in ("model", "FTL (s)", "tokens/s", "device ms/token", "host µs/token", "of it worker µs", "calls/token"):
         t.add_column(col, justify="right" if col != "model" else "left")
 
     def fmt(key, spec):
@@ -70,6 +70,7 @@ def print_bench_table(r: dict) -> None:
         fmt("tokens_per_s", ".2f"),
         fmt("device_ms_per_token", ".1f"),
         fmt("host_us_per_token", ".0f"),
+        fmt("worker_host_us_per_token", ".0f") if "worker_host_us_per_token" in r else "?",
         f"{r['launches_per_token']:.0f} launches + {r['copies_per_token']:.0f} copies",
     )
     c.print(t)
@@ -77,6 +78,11 @@ def print_bench_table(r: dict) -> None:
         f"[dim]{len(r['runs'])} runs · prompt {r['prompt_tokens']} tokens · {r['new_tokens']} new tokens each · "
         "median (min–max)[/dim]"
     )
+    names = {"ftl_s": "FTL", "tokens_per_s": "tokens/s", "device_ms_per_token": "device ms/token",
+             "host_us_per_token": "host µs/token", "worker_host_us_per_token": "of it worker µs",
+             "launches_per_token": "launches", "copies_per_token": "copies"}
+    for key, text in r.get("covers", {}).items():
+        c.print(f"[dim]{names.get(key, key)}: {text}[/dim]")
 
 
 def print_reuse_tables(r: dict) -> None:

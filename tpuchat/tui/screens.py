@@ -343,6 +343,8 @@ class SettingsScreen(ModalScreen):
         self.settings = settings
         self.config_file = config_file
         self.can_sample = can_sample
+        self._error = False  # an error is on the hint line
+        self.more_below = False  # the form's end is out of view (the hint is shown)
 
     def compose(self) -> ComposeResult:
         s = self.settings
@@ -361,6 +363,8 @@ class SettingsScreen(ModalScreen):
                     with Horizontal(classes="row"):
                         yield Label(label, classes="field-label")
                         yield Input(str(getattr(s, name)), id=f"set-{name}", classes="field")
+            # The form is cut on small terminals: this line says so until its end is in view
+            # (the line errors are shown on, so the buttons stay on a 24-row screen).
             yield Static("", id="settings-error")
             with Horizontal(classes="buttons"):
                 yield Button("This chat", id="conversation", variant="primary")
@@ -369,17 +373,39 @@ class SettingsScreen(ModalScreen):
             if self.config_file:
                 yield Label("Default saves to " + escape(self.config_file), classes="dialog-hint")
 
+    def on_mount(self) -> None:
+        form = self.query_one("#settings-form", VerticalScroll)
+        self.watch(form, "scroll_y", lambda _: self._more_hint(), init=False)
+        self.call_after_refresh(self._more_hint)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._more_hint)
+
+    MORE = "[dim]▼ more settings below: scroll, or Tab to them[/]"
+
+    def _more_hint(self) -> None:
+        form = self.query_one("#settings-form", VerticalScroll)
+        line = self.query_one("#settings-error", Static)
+        if self._error:
+            return
+        self.more_below = form.scroll_y < form.max_scroll_y
+        line.update(self.MORE if self.more_below else "")
+
+    def _show_error(self, text: str) -> None:
+        self._error = True
+        self.query_one("#settings-error", Static).update(f"[b red]{escape(text)}[/]")
+
     def _collect(self) -> Optional[cfg.Settings]:
         try:
             values = {name: cfg.coerce(name, self.query_one(f"#set-{name}", Input).value) for name, _ in self.FIELDS}
         except ValueError as e:
-            self.query_one("#settings-error", Static).update(f"[b red]{escape(str(e))}[/]")
+            self._show_error(str(e))
             return None
         s = replace(self.settings, system_prompt=self.query_one("#set-system", TextArea).text,
                     sample=self.query_one("#set-sample", Switch).value, **values)
         problem = cfg.validate(s)
         if problem:
-            self.query_one("#settings-error", Static).update(f"[b red]{escape(problem)}[/]")
+            self._show_error(problem)
             return None
         return s
 
