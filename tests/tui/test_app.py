@@ -114,7 +114,7 @@ async def test_escape_stops_and_keeps_partial(app_factory):
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot, app)
         await type_and_send(pilot, "tell me")
-        await wait_for(pilot, lambda: app._tokens >= 3)
+        await wait_for(pilot, lambda: app.ctl.buffer.tokens >= 3)
         await pilot.press("escape")
         await wait_for(pilot, lambda: not app.generating)
         ans = app.session.conv.messages[-1]

@@ -15,7 +15,9 @@ from typing import Optional, Sequence
 from ..errors import EngineCrashed, ImageError, PromptTooLong
 from .conversation import Attachment, Conversation
 from ..options import check_can_sample
-from .session import ChatModel, ChatSession, Delta, Finished, GenSettings, ModelSpec, Notice, open_chat_model
+from .. import config as cfg
+from .controller import ConversationController
+from .session import ChatModel, Delta, Finished, GenSettings, ModelSpec, Notice, open_chat_model
 from .statsline import format_stats
 
 HELP = ("commands: /clear (forget history) /new (same) /system TEXT (set system prompt) "
@@ -26,15 +28,19 @@ class PlainChat:
     def __init__(self, model: ChatModel, max_new_tokens: int, system: Optional[str], out=sys.stdout,
                  err=sys.stderr, settings: Optional[GenSettings] = None):
         self.model = model
-        settings = settings or GenSettings(max_new_tokens)
-        self.session = ChatSession(model, Conversation(system=system), settings)
+        self.ctl = ConversationController(defaults=cfg.Settings(system_prompt=system or ""), model=model)
+        self.settings = settings or GenSettings(max_new_tokens)
         self.out, self.err = out, err
         self.refill = ""  # text to offer again on the next prompt
         self.pending_image: Optional[Attachment] = None  # goes with the next message
 
     @property
     def conv(self) -> Conversation:
-        return self.session.conv
+        return self.ctl.conv
+
+    @property
+    def session(self):
+        return self.ctl.session
 
     def say(self, text: str) -> None:
         self.err.write(text + "\n")
@@ -64,12 +70,12 @@ class PlainChat:
         if cmd in ("/exit", "/quit"):
             return False
         if cmd in ("/clear", "/new"):
-            self.conv.clear()
+            self.ctl.clear()
             self.say("(history cleared)")
         elif cmd == "/image":
             self.image_command(arg.strip())
         elif cmd == "/system":
-            self.conv.system = arg.strip() or None
+            self.ctl.set_system(arg.strip())
             self.say(f"(system prompt {'set' if self.conv.system else 'cleared'})")
         else:
             self.say(HELP)
@@ -110,11 +116,13 @@ class PlainChat:
             if cancelled:
                 raise KeyboardInterrupt
             cancelled.append(True)
-            self.session.cancel()
+            self.ctl.cancel()
 
         old_handler = signal.signal(signal.SIGINT, on_sigint)
         try:
-            for ev in self.session.send(text, image=image):
+            self.ctl.begin(text, image)
+            self.ctl.session.settings = self.settings  # the command line's, not a settings file's
+            for ev in self.ctl.answer(text, image):
                 if isinstance(ev, Delta):
                     self.out.write(ev.text)
                     self.out.flush()

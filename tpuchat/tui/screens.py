@@ -14,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, SelectionList, Static, Switch, TextArea
 
 from .. import config as cfg
+from .commands import help_rows
 
 KEYS = [
     ("Enter", "send the message"),
@@ -35,22 +36,7 @@ KEYS = [
     ("Ctrl+Q", "quit"),
 ]
 
-COMMANDS = [
-    ("/new", "start a new conversation"),
-    ("/clear", "forget this conversation's messages"),
-    ("/model [PATH]", "pick or open a model (the conversation is kept)"),
-    ("/devices [IDS]", "pick devices, or open on e.g. 2,3"),
-    ("/system [TEXT]", "set (or clear) the system prompt of this conversation"),
-    ("/set KEY=VALUE …", "sample=on temperature=0.7 top_p=0.9 top_k=40 repetition_penalty=1.1 max_new_tokens=256 seed=1"),
-    ("/settings", "open the settings screen"),
-    ("/retry", "answer the last message again"),
-    ("/rename TITLE", "rename this conversation"),
-    ("/export [md|json] [PATH]", "write this conversation to Markdown and/or JSON"),
-    ("/copy", "copy the last answer"),
-    ("/image [PATH|off]", "attach an image to the next message (a picker without PATH; off removes it)"),
-    ("/help", "this screen"),
-    ("/quit", "leave"),
-]
+COMMANDS = help_rows()  # (usage, help) of every slash command, from commands.COMMANDS
 
 
 def human_size(n: int) -> str:
