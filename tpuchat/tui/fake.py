@@ -1,9 +1,9 @@
-"""A scripted stand-in for ChatModel, for UI tests, the UI benchmark and demos.
+"""The scripted stand-in for ChatModel, for the UI, controller and server
+tests, the UI benchmark and demos (one for all of them).
 
-Same surface as tpuchat.chat.session.ChatModel as far as ChatSession and the
-UI use it: name, desc, model_path, fit(conv, settings), stream_ids(ids,
-settings), cancel(), close().  It streams a chosen text at a chosen rate and
-can be told to fail (crash after N tokens, refuse long prompts).
+Same surface as tpuchat.chat.session.ChatModel as far as the front ends use
+it: name, desc (a real ModelDesc), model_path, tok, fit(conv, settings),
+fit_prompt, image_inputs, stream_ids(ids, settings), cancel(), close().
 """
 
 import threading
@@ -60,31 +60,74 @@ def fake_desc(name: str = "fake-qwen2-7b_w4bf16_seq512.bmodel", seq_len: int = 5
     )
 
 
-class FakeModel:
-    """Streams `answer` (or answers[i] for the i-th request) at `rate` tokens/s.
+class FakeTok:
+    """One token per character; the 'template' is <role>content per message, then <assistant>.
+    Content parts render in order, an image as FakeModel.IMAGE_ID.  For front ends that encode
+    prompts themselves (the server)."""
 
-    crash_after: raise EngineCrashed after that many tokens (once).
-    max_prompt_chars: fit() raises PromptTooLong when the last user message is longer.
-    prefill_s: delay before the first token."""
+    eos_ids = {0}
+
+    def encode_chat(self, messages, system=None):
+        if system is not None:
+            messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
+        ids: List[int] = []
+        for m in messages:
+            ids += [ord(c) for c in "<%s>" % m["role"]]
+            parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+            for p in parts:
+                ids += [FakeModel.IMAGE_ID] if p["type"] == "image" else [ord(c) for c in p["text"]]
+        return ids + [ord(c) for c in "<assistant>"]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+class FakeModel:
+    """The one scripted model of the tests, the UI benchmark and demos: a ChatModel's surface
+    over a real ModelDesc (fake_desc), no device.
+
+    It streams `answer` (or answers[i] for the i-th request) in word pieces at `rate` tokens/s,
+    ending with eos when the text is out; or, given `pieces`, those pieces over and over until
+    max_new_tokens (or eos after `eos_after` tokens), one every `token_s` seconds.
+    crash_after: raise EngineCrashed after that many tokens (once); fail: raise this (once)
+    instead of answering.  max_prompt_chars: fit() raises PromptTooLong when the last user
+    message is longer.  prefill_s: delay before the first token.  A cancel stops a running
+    answer at the next token; one that arrives while nothing runs does not apply to the next.
+    Every request is recorded in `calls` (ids, settings, image, timing, stop reason)."""
+
+    IMAGE_ID = 128256
 
     def __init__(self, answer: str = DEFAULT_ANSWER, rate: float = 50.0, name: Optional[str] = None,
                  desc: Optional[ModelDesc] = None, answers: Optional[List[str]] = None, crash_after: Optional[int] = None,
                  max_prompt_chars: int = 2000, prefill_s: float = 0.05, devids: Sequence[int] = (0,),
-                 vision: bool = False):
-        self.desc = desc or fake_desc(name or ("fake-llama3.2-vision_bf16.bmodel" if vision
-                                               else "fake-qwen2-7b_w4bf16_seq512.bmodel"), devids=devids, vision=vision)
+                 vision: bool = False, pieces: Optional[List[str]] = None, token_s: Optional[float] = None,
+                 eos_after: Optional[int] = None, fail: Optional[BaseException] = None, seq_len: int = 512,
+                 kv_len: int = 512, can_sample: bool = False):
+        name = name or ("fake-llama3.2-vision_bf16.bmodel" if vision else "fake-qwen2-7b_w4bf16_seq512.bmodel")
+        self.desc = desc or fake_desc(name, seq_len, kv_len, devids=devids, vision=vision, can_sample=can_sample)
         self.model_path = self.desc.path
+        self.tok = FakeTok()
         self.answer = answer
         self.answers = list(answers or [])
+        self.pieces = list(pieces) if pieces else None
         self.rate = rate
+        self.token_s = token_s
+        self.eos_after = eos_after
         self.crash_after = crash_after
+        self.fail = fail
         self.max_prompt_chars = max_prompt_chars
         self.prefill_s = prefill_s
-        self.requests: List[List[int]] = []
-        self.settings_seen: List[GenSettings] = []
-        self.images_seen: List[tuple] = []  # per request: (image digest or None, image_pos or None)
+        self.calls: List[dict] = []  # one per request: ids, settings, image, image_pos, started, ended, stop_reason, tokens
+        self.cancels = 0
         self._cancel = threading.Event()
+        self._lock = threading.Lock()
         self.closed = False
+
+    # what earlier tests read
+    requests = property(lambda self: [c["ids"] for c in self.calls])
+    settings_seen = property(lambda self: [c["settings"] for c in self.calls])
+    images_seen = property(lambda self: [(c["image"].digest if c["image"] is not None else None, c["image_pos"])
+                                         for c in self.calls])  # per request: (image digest, image_pos)
 
     @property
     def name(self) -> str:
@@ -100,8 +143,6 @@ class FakeModel:
         return list(range(n)), 0
 
     # -- images: the same surface as ChatModel; ids are made up, the image is checked and recorded
-    IMAGE_ID = 128256
-
     @property
     def image_token_id(self) -> int:
         return self.IMAGE_ID
@@ -127,36 +168,53 @@ class FakeModel:
         return ImageInputs(pixel_values=b"", tiles=4, size=112, aspect_ratio_id=1, aspect_ratio_mask=(1, 0, 0, 0),
                            digest=att.digest)
 
+    def _script(self, settings: GenSettings):
+        """The pieces of this answer and the stop reason once they are all out."""
+        n = settings.max_new_tokens
+        if self.pieces is not None:
+            if self.eos_after is not None and self.eos_after < n:
+                return [self.pieces[i % len(self.pieces)] for i in range(self.eos_after)], "eos"
+            return [self.pieces[i % len(self.pieces)] for i in range(n)], "max_tokens"
+        pieces = split_tokens(self.answers.pop(0) if self.answers else self.answer)
+        return pieces[:n], "eos" if len(pieces) <= n else "max_tokens"
+
+    def _wait_turn(self, i: int, first: Optional[float]) -> bool:
+        """Wait for the i-th token's time; True if cancelled meanwhile."""
+        if self.token_s is not None:
+            return self._cancel.wait(self.token_s)
+        if self.rate:  # an absolute schedule, so the rate holds even when a consumer is slow
+            delay = first + i / self.rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        return self._cancel.is_set()
+
     def stream_ids(self, ids: Sequence[int], settings: GenSettings, image=None, image_pos=None) -> Iterator:
-        self._cancel.clear()
-        self.requests.append(list(ids))
-        self.images_seen.append((image.digest if image is not None else None, image_pos))
-        self.settings_seen.append(settings)
-        text = self.answers.pop(0) if self.answers else self.answer
-        pieces = split_tokens(text)[: settings.max_new_tokens]
+        self._cancel.clear()  # a cancel before this answer started does not apply to it
+        rec = {"ids": list(ids), "settings": settings, "image": image, "image_pos": image_pos,
+               "started": time.monotonic(), "ended": None, "stop_reason": None, "tokens": 0}
+        self.calls.append(rec)
+        if self.fail is not None:
+            err, self.fail = self.fail, None
+            raise err
+        pieces, reason = self._script(settings)
         t0 = time.perf_counter()
         if self.prefill_s:
             time.sleep(self.prefill_s)
         produced: List[str] = []
-        reason = "eos" if len(pieces) == len(split_tokens(text)) else "max_tokens"
         first = None
         for i, p in enumerate(pieces):
-            if self._cancel.is_set():
+            if self._cancel.is_set() or (i and self._wait_turn(i, first)):
                 reason = "cancelled"
                 break
             if self.crash_after is not None and i >= self.crash_after:
                 self.crash_after = None
                 raise EngineCrashed("the engine process was killed by SIGSEGV (crashed); log: /tmp/engine.log")
-            if i and self.rate:
-                # Absolute schedule, so the rate holds even when a consumer is slow.
-                target = first + i / self.rate
-                delay = target - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
             if first is None:
                 first = time.perf_counter()
             produced.append(p)
+            rec["tokens"] += 1
             yield Delta(p, [i])
+        rec["ended"], rec["stop_reason"] = time.monotonic(), reason
         end = time.perf_counter()
         n = len(produced)
         stats = GenerationStats(
@@ -171,7 +229,9 @@ class FakeModel:
         yield Finished("".join(produced), list(range(n)), stats)
 
     def cancel(self) -> None:
-        self._cancel.set()
+        with self._lock:
+            self.cancels += 1
+            self._cancel.set()
 
     def close(self) -> None:
         self.closed = True
