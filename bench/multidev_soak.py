@@ -12,6 +12,7 @@ run and a summary.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,12 +26,12 @@ def main() -> None:
     import tempfile
 
     from tests.fixtures import models
-    from tests.test_multidev_run import PROMPT, SOURCES  # noqa: F401  (same preload sources)
+    from tests.test_multidev_run import PROMPT
     from tpuchat.errors import TpuchatError
     from tpuchat.runtime import simulator
     from tpuchat.runtime.client import EngineClient, TokenEvent
 
-    import subprocess
+
 
     lib = str(simulator.install(quiet=True))
     tmp = Path(tempfile.mkdtemp(prefix="tpuchat-soak-"))

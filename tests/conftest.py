@@ -11,6 +11,17 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Tests that need the simulator or a compiled bmodel are marked `sim` by the fixtures they use,
+# so `pytest -m "not sim"` is the fast lane (seconds to a few minutes, no compiler) and
+# `pytest -m sim` the rest; .ci/run runs the fast lane first.
+SIM_FIXTURES = {"sim_lib", "build", "open_variant"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SIM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.sim)
+
 
 @pytest.fixture(scope="session")
 def sim_lib():

@@ -68,7 +68,7 @@ def test_turn_prompts_follow_the_template(sim_lib, build, tmp_path):
         chat.answer("Hi")
         chat.answer("Again")
         msgs = [{"role": m.role, "content": m.content} for m in chat.conv.messages]
-        ids, dropped = chat.conv.fit(tok, desc["seq_len"], desc["kv_len"], 3)
+        ids, dropped = chat.conv.fit(tok, desc.seq_len, desc.kv_len, 3)
         assert dropped == 0
         assert ids == tok.encode_chat(msgs, system="Be brief.")
         text = tok.decode(ids, skip_special_tokens=False)

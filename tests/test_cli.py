@@ -110,6 +110,9 @@ def test_bench_json(sim_lib, build, tmp_path):
     turn1, turn2 = b["turns"]
     assert turn1["reused_tokens"] == 0 and turn2["reused_tokens"] > turn1["prompt_tokens"] // 2
     assert b["prompt_lengths"] == []
+    # host time covers the whole path of a token: the worker's share is part of it
+    assert 0 < b["worker_host_us_per_token"]["median"] <= b["host_us_per_token"]["median"]
+    assert {"ftl_s", "host_us_per_token", "worker_host_us_per_token"} <= set(b["covers"])
 
 
 def test_plain_chat_three_turns(demo, tmp_path):
@@ -151,3 +154,31 @@ def test_bad_prefix_files(tmp_path):
         r = tpuchat("chat", "--plain", "--model", "nothing.bmodel", *extra, input="", tmp_path=tmp_path)
         assert r.returncode != 0 and message in r.stderr, (extra, r.stderr)
         assert r.stderr.count("\n") == 1
+
+
+def test_run_and_plain_chat_refuse_sampling_on_a_top1_build_in_one_line(demo, tmp_path):
+    for args in (["run", "--model", demo, "--temperature", "0.7", "hi"],
+                 ["chat", "--plain", "--model", demo, "--temperature", "0.7"]):
+        r = tpuchat(*args, input="hi\n/exit\n", tmp_path=tmp_path)
+        assert r.returncode == 1, r.stderr
+        assert "--temperature 0.7 asks for sampling, but this bmodel computes only the top-1 token" in r.stderr
+        assert r.stderr.count("\n") == 1
+
+
+def test_run_samples_with_a_seed_on_a_do_sample_build(sim_lib, build, tmp_path):
+    """--temperature with --seed: the same seed gives the same answer, and the answer is sampled
+    (at a high temperature it leaves the greedy path on this random-weight model)."""
+    build("qwen2-sample")
+    m = str(models.bmodel_path("qwen2-sample"))
+
+    def run(*extra):
+        r = tpuchat("run", "--model", m, "--json", "-n", "8", "--ignore-eos", *extra, "Tell me about the sea.",
+                    tmp_path=tmp_path)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["token_ids"]
+
+    greedy = run()
+    hot = ["--temperature", "1.5", "--top-k", "0", "--seed"]
+    a, b, c = run(*hot, "1"), run(*hot, "1"), run(*hot, "2")
+    assert a == b and len(a) == 8
+    assert a != greedy or c != greedy

@@ -95,7 +95,7 @@ def test_an_edited_turn_keeps_only_the_common_prefix(open_variant):
     gen(c, PROMPT + [7, 8, 9], 3)
     edited = PROMPT + [50, 51]
     out, stats = gen(c, edited, 4)
-    assert stats["reused_tokens"] == len(PROMPT)
+    assert stats.reused_tokens == len(PROMPT)
     assert out == models.reference_greedy("qwen2-history", [edited], 4)[0]
 
 
@@ -103,7 +103,7 @@ def test_regenerating_the_same_prompt(open_variant):
     c, _ = open_variant("qwen2-history")
     first, _ = gen(c, PROMPT, 4)
     again, stats = gen(c, PROMPT, 4)
-    assert again == first and stats["reused_tokens"] == len(PROMPT) - 1
+    assert again == first and stats.reused_tokens == len(PROMPT) - 1
 
 
 def test_prompt_longer_than_one_prefill_is_appended(open_variant):
@@ -145,6 +145,6 @@ def test_a_pinned_prefix_is_reused_after_other_prompts(open_variant, variant):
 def test_a_prefix_that_fills_the_context_is_refused(open_variant):
     c, desc = open_variant("qwen2-history")
     with pytest.raises(PromptTooLong, match="shared prefix"):
-        c.pin_prefix([5] * desc["kv_len"])
+        c.pin_prefix([5] * desc.kv_len)
     out, _ = gen(c, PROMPT, 2)  # the model still works
     assert out == models.reference_greedy("qwen2-history", [PROMPT], 2)[0]

@@ -163,7 +163,7 @@ def test_cancel_stops_within_one_token(sim_lib, good, tmp_path):
         tokens = 0
         for ev in client.generate(list(range(5, 25)), 200):
             if isinstance(ev, DoneEvent):
-                assert ev.stats["stop_reason"] == "cancelled"
+                assert ev.stats.stop_reason == "cancelled"
                 break
             tokens += 1
             if tokens == 2:

@@ -47,9 +47,9 @@ def test_greedy_ids_equal_transformers(variant, open_variant):
     got, stats = generate(client, ids, 10)
     want = models.reference_greedy(variant, [ids], 10)[0]
     assert got == want
-    assert stats["prompt_tokens"] == len(ids) and stats["new_tokens"] == 10
-    assert stats["stop_reason"] == "max_tokens"
-    assert stats["ftl_s"] > 0 and stats["tokens_per_s"] > 0 and stats["device_ms_per_token"] > 0
+    assert stats.prompt_tokens == len(ids) and stats.new_tokens == 10
+    assert stats.stop_reason == "max_tokens"
+    assert stats.ftl_s > 0 and stats.tokens_per_s > 0 and stats.device_ms_per_token > 0
 
 
 def test_w4_matches_transformers_on_the_same_4bit_weights(open_variant):
@@ -76,12 +76,12 @@ def test_w4_matches_transformers_on_the_same_4bit_weights(open_variant):
 
 def test_bmodel_description(open_variant):
     _, desc = open_variant("qwen2-bf16")
-    assert desc["num_layers"] == 2 and desc["hidden_size"] == 128
-    assert desc["kv_heads"] == 2 and desc["head_dim"] == 32
-    assert desc["seq_len"] == 256 and desc["kv_len"] == 256
-    assert desc["dtype"] == "bf16" and desc["lm_head"] == "top1" and not desc["dynamic"]
-    assert desc["num_device"] == 1 and desc["chip"] == "BM1684X"
-    assert desc["runtime"]["kind"] == "simulator"
+    assert desc.num_layers == 2 and desc.hidden_size == 128
+    assert desc.kv_heads == 2 and desc.head_dim == 32
+    assert desc.seq_len == 256 and desc.kv_len == 256
+    assert desc.dtype == "bf16" and desc.lm_head == "top1" and not desc.dynamic
+    assert desc.num_device == 1 and desc.chip == "BM1684X"
+    assert desc.runtime.kind == "simulator"
 
 
 def test_description_of_other_builds(open_variant):
@@ -107,30 +107,30 @@ def test_prompt_of_one_token(open_variant):
 def test_prompt_of_exactly_s_tokens_fills_the_context(open_variant):
     # S == L here: the first token comes from prefill, then the cache is full.
     client, desc = open_variant("qwen2-bf16")
-    ids = prompt_ids("qwen2-bf16", desc["seq_len"])
+    ids = prompt_ids("qwen2-bf16", desc.seq_len)
     got, stats = generate(client, ids, 8)
     assert got == models.reference_greedy("qwen2-bf16", [ids], 1)[0]
-    assert stats["stop_reason"] == "context_full"
+    assert stats.stop_reason == "context_full"
 
 
 def test_prompt_longer_than_the_kv_length_is_a_clear_error_and_the_engine_stays_usable(open_variant):
     client, desc = open_variant("qwen2-maxinput")
-    L = desc["kv_len"]
+    L = desc.kv_len
     with pytest.raises(PromptTooLong, match=f"{L + 1} tokens.*at most {L}"):
         generate(client, prompt_ids("qwen2-maxinput", L + 1), 4)
-    ids = prompt_ids("qwen2-maxinput", desc["seq_len"])
+    ids = prompt_ids("qwen2-maxinput", desc.seq_len)
     got, _ = generate(client, ids, 3)
     assert got == models.reference_greedy("qwen2-maxinput", [ids], 3)[0]
 
 
 def test_generation_that_reaches_the_kv_length_stops_cleanly(open_variant):
     client, desc = open_variant("qwen2-bf16")
-    n = desc["kv_len"] - 5
+    n = desc.kv_len - 5
     ids = prompt_ids("qwen2-bf16", n)
     got, stats = generate(client, ids, 50)
     # 1 token from prefill + one per free KV row.
-    assert len(got) == desc["kv_len"] - n + 1
-    assert stats["stop_reason"] == "context_full"
+    assert len(got) == desc.kv_len - n + 1
+    assert stats.stop_reason == "context_full"
     assert got == models.reference_greedy("qwen2-bf16", [ids], len(got))[0]
 
 
@@ -141,7 +141,7 @@ def test_stop_ids_end_the_answer_without_emitting_them(open_variant):
     stop = want[4]
     got, stats = generate(client, ids, 10, [stop])
     assert got == want[: want.index(stop)]
-    assert stats["stop_reason"] == "eos"
+    assert stats.stop_reason == "eos"
 
 
 def test_second_prompt_on_the_same_engine_is_independent(open_variant):

@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from tpuchat.chat.conversation import Conversation
-from tpuchat.cli import parse_devids
+from tpuchat.options import parse_devids
 from tpuchat.errors import ModelError, PromptTooLong, RuntimeNotFound, TpuchatError
 from tpuchat.runtime import libfind
 from tpuchat.runtime.bmodel_file import MAGIC, check_bmodel_file

@@ -4,6 +4,7 @@ session hands the engine on every turn (a scripted engine client stands in for
 the device; the real tokenizer and image processor come from a test config dir).
 """
 
+import dataclasses
 import os
 import shutil
 
@@ -16,6 +17,7 @@ from tpuchat.chat.session import ChatModel, ChatSession, Finished, GenSettings, 
 from tpuchat.errors import ImageError
 from tpuchat.runtime.client import DoneEvent, TokenEvent
 from tpuchat.runtime.image_inputs import ImageInputs
+from tpuchat.runtime.protocol import GenerationStats
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,9 +45,9 @@ class ScriptedClient:
         self.calls.append({"ids": list(ids), "image": image, "image_pos": image_pos})
         for t in self.answer_ids[:max_new_tokens]:
             yield TokenEvent(t)
-        yield DoneEvent({"prompt_tokens": len(ids), "new_tokens": len(self.answer_ids), "ftl_s": 0.1,
-                         "tokens_per_s": 10.0, "device_ms_per_token": 90.0, "host_us_per_token": 50.0,
-                         "stop_reason": "eos"})
+        yield DoneEvent(GenerationStats(prompt_tokens=len(ids), new_tokens=len(self.answer_ids), ftl_s=0.1,
+                                        tokens_per_s=10.0, device_ms_per_token=90.0, host_us_per_token=50.0,
+                                        stop_reason="eos"))
 
     def cancel(self):
         pass
@@ -274,7 +276,7 @@ def test_image_turn_left_out_of_the_context_means_no_image(tmp_path, vtok):
 
 
 def test_image_for_a_text_only_model(tmp_path, vtok):
-    desc = dict(vision_desc(), has_vision=False)
+    desc = dataclasses.replace(vision_desc(), has_vision=False)
     s, client = make_session(vtok, desc=desc)
     with pytest.raises(ImageError, match="text-only model"):
         run(s.send("What is this?", image=make_png(tmp_path / "a.png")))
@@ -328,7 +330,7 @@ def test_reopened_conversation_reloads_its_image(tmp_path, vtok):
 
 
 def test_history_images_with_a_text_only_model(tmp_path, vtok):
-    s, client = make_session(vtok, desc=dict(vision_desc(), has_vision=False))
+    s, client = make_session(vtok, desc=dataclasses.replace(vision_desc(), has_vision=False))
     s.conv.add("user", "What is this?", attachment=Attachment("/nowhere.png", "x", "nowhere.png"))
     s.conv.add("assistant", "A square.")
     events = run(s.send("Thanks"))
@@ -364,7 +366,7 @@ class FakeEngineClient(ScriptedClient):
         from tpuchat.text import load_tokenizer
 
         self.answer_ids = load_tokenizer(os.path.join(os.path.dirname(model), "config")).encode(" A red square.")
-        return dict(self.desc)
+        return dataclasses.replace(self.desc)
 
 
 @pytest.fixture
@@ -420,7 +422,7 @@ def test_run_with_image_errors(fake_run, tmp_path, case):
         pic.write_text("text")
         expect = "is not an image"
     elif case == "text_only":
-        FakeEngineClient.desc = dict(vision_desc(), has_vision=False)
+        FakeEngineClient.desc = dataclasses.replace(vision_desc(), has_vision=False)
         expect = "text-only model"
     else:
         args.insert(1, "--no-template")
@@ -453,6 +455,6 @@ def test_plain_chat_image_command(tmp_path, vtok):
     chat.answer("More?")
     assert client.calls[-1]["image"].digest == load_digest(pic)
     # a text-only model refuses /image
-    model.desc = dict(vision_desc(), has_vision=False)
+    model.desc = dataclasses.replace(vision_desc(), has_vision=False)
     chat.command(f"/image {pic}")
     assert "text-only model" in err.getvalue().splitlines()[-1] and chat.pending_image is None

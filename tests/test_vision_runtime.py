@@ -139,9 +139,9 @@ def assert_greedy_matches(device, ref) -> int:
 
 
 def report(what, stats):
-    print(f"[vision] {what}: vit {stats['vit_s']:.2f} s, FTL {stats['ftl_s']:.2f} s "
-          f"(reused {stats['reused_tokens']} of {stats['prompt_tokens']}), "
-          f"decode {stats['decode_s'] / max(1, stats['new_tokens'] - 1):.2f} s/token", file=sys.stderr)
+    print(f"[vision] {what}: vit {stats.vit_s:.2f} s, FTL {stats.ftl_s:.2f} s "
+          f"(reused {stats.reused_tokens} of {stats.prompt_tokens}), "
+          f"decode {stats.decode_s / max(1, stats.new_tokens - 1):.2f} s/token", file=sys.stderr)
 
 
 # -- tests ----------------------------------------------------------------------
@@ -149,10 +149,10 @@ def report(what, stats):
 
 def test_vision_bmodel_description(engine):
     _, desc = engine
-    assert desc["has_vision"] is True
-    assert desc["vision_tiles"] == 4 and desc["image_size"] == 112 and desc["image_patches"] == 65
-    assert desc["cross_layers"] == [1, 3]  # read from the nets' inputs
-    assert desc["image_kv_bytes"] == 2 * 2 * (4 * 260 * 16 * 2)
+    assert desc.has_vision is True
+    assert desc.vision_tiles == 4 and desc.image_size == 112 and desc.image_patches == 65
+    assert desc.cross_layers == [1, 3]  # read from the nets' inputs
+    assert desc.image_kv_bytes == 2 * 2 * (4 * 260 * 16 * 2)
     from tpuchat.tables import _vision_text
 
     assert "4 tiles of 112 px" in _vision_text(desc) and "layers 1, 3" in _vision_text(desc)
@@ -167,7 +167,7 @@ def test_image_question_matches_transformers_and_vit_output_within_bf16(engine, 
     ref = _build.reference_requests(VARIANT, [image_request(ids, image, pos)])[0]
     report("image question", stats)
     assert assert_greedy_matches(tokens, ref) >= 4
-    assert stats["vit_s"] > 0 and not stats["image_reused"]
+    assert stats.vit_s > 0 and not stats.image_reused
 
     dev = np.asarray(client.image_states(), dtype=np.float32)
     want = np.frombuffer(base64.b64decode(ref["vit"]), dtype=np.float32)
@@ -193,7 +193,7 @@ def test_follow_up_text_turn_reuses_the_image_and_the_prefix(engine, vision):
     refs = _build.reference_requests(VARIANT, [image_request(ids2, image, pos),
                                                image_request(ids1 + answer, image, pos)])
     assert assert_greedy_matches(tokens, refs[0]) >= 4
-    assert stats["image_reused"] and stats["vit_s"] == 0
+    assert stats.image_reused and stats.vit_s == 0
     # The shim re-prefills when that is cheaper than appending the new rows one
     # decode step each (on the simulator: more than ~2 new rows).  A prompt that
     # adds one row to the cache takes the append path: the cached rows, computed
@@ -202,7 +202,7 @@ def test_follow_up_text_turn_reuses_the_image_and_the_prefix(engine, vision):
     generate(client, ids1, image, pos)
     tokens, stats = generate(client, ids1 + answer, image, pos)
     report("continuation (appended)", stats)
-    assert stats["reused_tokens"] == len(ids1) + len(answer) - 1 and stats["image_reused"]
+    assert stats.reused_tokens == len(ids1) + len(answer) - 1 and stats.image_reused
     assert assert_greedy_matches(tokens, refs[1]) >= 4
 
 
@@ -216,7 +216,7 @@ def test_second_image_replaces_the_first(engine, vision):
     refs = _build.reference_requests(VARIANT, [image_request(ids, second, pos), image_request(ids, first, pos)])
     assert assert_greedy_matches(tokens, refs[0]) >= 4
     assert refs[0]["ids"] != refs[1]["ids"]  # the image matters to this model
-    assert stats["vit_s"] > 0 and stats["reused_tokens"] == 0
+    assert stats.vit_s > 0 and stats.reused_tokens == 0
 
 
 def test_text_only_prompt_on_the_vision_model(engine, vision):
@@ -228,15 +228,15 @@ def test_text_only_prompt_on_the_vision_model(engine, vision):
     report("text only", stats)
     ref = _build.reference_requests(VARIANT, [image_request(text_ids, None, None)])[0]
     assert assert_greedy_matches(tokens, ref) >= 4
-    assert stats["reused_tokens"] == 0  # rows computed with the image are not reused
+    assert stats.reused_tokens == 0  # rows computed with the image are not reused
     # and back to the image: the held image is reused, nothing of the text sequence is
     tokens, stats = generate(client, ids, vision.images[0], pos, n=3)
-    assert stats["image_reused"] and stats["reused_tokens"] == 0
+    assert stats.image_reused and stats.reused_tokens == 0
 
 
 def test_image_given_to_a_text_only_bmodel_is_a_clear_error(open_variant, vision):
     client, desc = open_variant("qwen2-bf16")
-    assert desc["has_vision"] is False and desc["cross_layers"] == []
+    assert desc.has_vision is False and desc.cross_layers == []
     with pytest.raises(ImageError) as exc:
         generate(client, [1, 2, 3], vision.images[0], 1)
     assert isinstance(exc.value, TpuchatError)
@@ -249,27 +249,29 @@ def test_image_given_to_a_text_only_bmodel_is_a_clear_error(open_variant, vision
 def test_pixels_cross_the_worker_pipe_once_and_again_when_forgotten(engine, vision):
     """Follow-up turns send the image by digest only; an engine that no
     longer holds it (reopened, switched bmodels) gets the pixels again."""
+    from tpuchat.runtime.protocol import Generate
+
     client, _ = engine
     ids, pos = vision.image_question()
     first, second = vision.images
     sent = []
     real_send = client._send
 
-    def spy(op, args):
-        if op == "generate":
-            sent.append(args["image"])
-        return real_send(op, args)
+    def spy(request):
+        if isinstance(request, Generate):
+            sent.append(request.image)
+        return real_send(request)
 
     client._send = spy
     try:
         generate(client, ids, second, pos, n=1)
         _, stats = generate(client, ids, second, pos, n=1)
-        assert sent[-2].pixel_values and sent[-1].pixel_values == b"" and stats["image_reused"]
+        assert sent[-2].pixel_values and sent[-1].pixel_values == b"" and stats.image_reused
         client._worker_image = first.digest  # as if the engine had forgotten what it held
         del sent[:]
         tokens, stats = generate(client, ids, first, pos, n=2)
         assert [bool(s.pixel_values) for s in sent] == [False, True]  # refused by digest, resent whole
-        assert stats["vit_s"] > 0 and len(tokens) == 2
+        assert stats.vit_s > 0 and len(tokens) == 2
     finally:
         client._send = real_send
 

@@ -48,9 +48,9 @@ def family(sim_lib, build, engine_log, tmp_path, monkeypatch):
 
 def test_shortest_member_that_fits_answers_and_tokens_equal_transformers(family, open_variant):
     c, desc = family
-    fam = desc["family"]
+    fam = desc.family
     assert [m["kv_len"] for m in fam["members"]] == [128, 256]
-    assert desc["kv_len"] == 256  # the family's limit is its longest member
+    assert desc.kv_len == 256  # the family's limit is its longest member
     full = models.reference(LONG, [PROMPT], 150)[0]
     ref, safe = full["ids"], safe_prefix(full)
     assert safe >= 20
@@ -112,7 +112,7 @@ def test_a_runtime_that_stacks_the_weights_is_caught_and_each_member_loads_whole
     falls back to whole loads (the answers in the tests above are right
     because of that); the verdict is kept for this runtime build."""
     c, desc = family
-    fam = desc["family"]
+    fam = desc.family
     assert fam["share_checked"] is True
     assert fam["shared_weights"] is False and fam["weight_bytes"] == 0
     assert "nets embedding and lm_head at the same device memory" in fam["share_note"]

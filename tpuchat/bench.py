@@ -8,7 +8,21 @@ import statistics
 from typing import List, Optional, Sequence
 
 from .chat.oneshot import check_fits, encode_prompt
-from .runtime.client import DoneEvent, EngineClient
+from .chat.session import ModelSpec, open_chat_model
+from .runtime.client import DoneEvent
+
+# What each figure of a run covers (printed under the table, and in --json as "covers").
+COVERS = {
+    "ftl_s": "prompt in to first token out: the prefill call in the engine worker",
+    "tokens_per_s": "decode steps per second of decode-call time in the worker",
+    "device_ms_per_token": "per decode step, the time inside runtime calls on the device (or simulator)",
+    "host_us_per_token": "per decode step, all host time of a token: worker loop and shim, the pipe, and "
+                         "this process receiving it (time between two tokens' arrivals minus device time)",
+    "worker_host_us_per_token": "the worker's share of host_us_per_token (decode call outside the device, "
+                                "the loop around it)",
+    "launches_per_token": "runtime net launches per decode step",
+    "copies_per_token": "host<->device copies per decode step",
+}
 
 TURN_QUESTIONS = [
     "请使用python写一段冒泡排序算法。",
@@ -24,10 +38,10 @@ def _spread(values: List[float]) -> dict:
 
 
 def _run(client, ids, n, reuse=True):
-    toks, stats = [], {}
+    toks, stats = [], None
     for ev in client.generate(ids, n, (), None, reuse):
         if isinstance(ev, DoneEvent):
-            stats = ev.stats
+            stats = ev.stats.to_dict()
         else:
             toks.append(ev.id)
     return toks, stats
@@ -83,29 +97,29 @@ def _shared_prefix(client, tok, doc: str, other_ids: List[int], limit: int) -> d
 def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokenizer_dir: Optional[str],
               prompt: str, runs: int, max_new_tokens: int, turns: int = 3, lengths: bool = True,
               shared_doc: Optional[str] = None) -> dict:
-    from .runtime.bmodel_file import check_bmodel_file
-    from .text import find_tokenizer_dir, load_tokenizer
-
-    check_bmodel_file(model)
-    tok = load_tokenizer(find_tokenizer_dir(tokenizer_dir, model))
-    ids = encode_prompt(tok, prompt, True, None)
+    chat_model = open_chat_model(ModelSpec(model, devids, lib_dir, tokenizer_dir))
+    # The runs below drive the engine client itself: they need knobs a chat never turns
+    # (recompute the whole prompt, no stop on end-of-turn tokens).
+    tok, client, desc = chat_model.tok, chat_model.client, chat_model.desc
     records = []
-    with EngineClient() as client:
-        desc = client.open(model, devids, lib_dir)
+    try:
+        ids = encode_prompt(tok, prompt, True, None)
         check_fits(len(ids), desc)
         for _ in range(runs):
             # A fixed number of tokens per run (no stop on eos), each from a
             # fresh cache, keeps runs comparable.
             records.append(_run(client, ids, max_new_tokens, reuse=False)[1])
-        turn_rows = _turns(client, tok, turns, min(max_new_tokens, 16), desc["kv_len"]) if turns else []
-        length_rows = _lengths(client, ids, desc["seq_len"]) if lengths else []
-        shared = _shared_prefix(client, tok, shared_doc, ids, desc["kv_len"]) if shared_doc else None
-    keys = ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token")
+        turn_rows = _turns(client, tok, turns, min(max_new_tokens, 16), desc.kv_len) if turns else []
+        length_rows = _lengths(client, ids, desc.seq_len) if lengths else []
+        shared = _shared_prefix(client, tok, shared_doc, ids, desc.kv_len) if shared_doc else None
+    finally:
+        chat_model.close()
+    keys = ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token", "worker_host_us_per_token")
     return {
         "model": model.rsplit("/", 1)[-1],
-        "runtime": desc["runtime"]["kind"],
+        "runtime": desc.runtime.kind,
         "devices": list(devids),
-        "dynamic": desc["dynamic"],
+        "dynamic": desc.dynamic,
         "prompt": prompt,
         "prompt_tokens": len(ids),
         "new_tokens": max_new_tokens,
@@ -116,4 +130,5 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
         "turns": turn_rows,
         "prompt_lengths": length_rows,
         "shared_prefix": shared,
+        "covers": COVERS,
     }

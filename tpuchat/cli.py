@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from .errors import EngineCrashed, TpuchatError
+from .options import parse_devids
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +37,25 @@ TOKENIZER_OPT = typer.Option(None, "--tokenizer", "-t",
 PREFIX_OPT = typer.Option(None, "--prefix-file",
                           help="A shared document or long system prompt (UTF-8 text): it becomes the system "
                                "prompt, computed once and kept on the device for every conversation.")
+TEMPERATURE_OPT = typer.Option(None, "--temperature", help="Sample at this temperature (0 or absent: greedy). "
+                               "Needs a bmodel compiled with --do_sample.")
+TOP_P_OPT = typer.Option(None, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this "
+                         "probability mass, in (0, 1] (with --temperature).")
+TOP_K_OPT = typer.Option(None, "--top-k", help="Keep the K most likely tokens, 0 off (with --temperature).")
+REPEAT_PENALTY_OPT = typer.Option(None, "--repeat-penalty", help="Repetition penalty, 1.0 off (with --temperature).")
+SEED_OPT = typer.Option(None, "--seed", help="Seed for reproducible sampling (default: random).")
+
+
+def _sampling(temperature, top_p, top_k, repeat_penalty, seed):
+    """GenSettings from the sampling options (TpuchatError with one line for a bad value)."""
+    from .chat.session import GenSettings
+    from .options import apply_sampling_options
+
+    settings = GenSettings()
+    apply_sampling_options(settings, temperature, top_p, top_k, repeat_penalty, seed)
+    return settings
+
+
 PREFIX_LIMIT = 4 << 20  # bytes; far beyond any bmodel's context, small enough to read at once
 
 
@@ -73,18 +93,6 @@ def _fail(e: TpuchatError) -> "typer.Exit":
     if isinstance(e, EngineCrashed) and tail:
         sys.stderr.write("last lines of the engine log:\n" + tail + "\n")
     return typer.Exit(e.exit_code)
-
-
-def parse_devids(text: str) -> List[int]:
-    try:
-        ids = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise TpuchatError(f"bad device id list {text!r}: use numbers separated by commas, like 0 or 2,3") from None
-    if not ids or any(i < 0 for i in ids):
-        raise TpuchatError(f"bad device id list {text!r}: use numbers separated by commas, like 0 or 2,3")
-    if len(set(ids)) != len(ids):
-        raise TpuchatError(f"device id list {text!r} names a device twice")
-    return ids
 
 
 @app.callback()
@@ -127,13 +135,18 @@ def _use_tui(plain: bool) -> bool:
 
 
 def _chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain: bool = False,
-          prefix_file: Optional[str] = None) -> int:
+          prefix_file: Optional[str] = None, settings=None) -> int:
+    """settings: sampling from the command line (GenSettings), for the plain chat; the UI
+    takes its own from the settings file and screen, and refuses them."""
     try:
         devids = parse_devids(devid)
         shared = read_prefix_file(prefix_file, system)
         if shared is not None:
             system = shared
         if _use_tui(plain):
+            if settings is not None and settings.sample:
+                raise TpuchatError("--temperature and the other sampling options go with --plain; the chat UI "
+                                   "takes them from its settings (F4) or /set")
             from .tui import run_tui
 
             # Errors opening the model are shown inside the UI (it never exits on them).
@@ -142,7 +155,7 @@ def _chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain: boo
         from .chat.plain import run_plain_chat
 
         return run_plain_chat(model, devids, libsophon, tokenizer, max_new_tokens or 512, system,
-                              shared_prefix=shared is not None)
+                              shared_prefix=shared is not None, settings=settings)
     except TpuchatError as e:
         raise _fail(e)
 
@@ -159,10 +172,20 @@ def chat(
                                                  help="Longest answer (default: the settings file, else 512)."),
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
     prefix_file: Optional[str] = PREFIX_OPT,
+    temperature: Optional[float] = TEMPERATURE_OPT,
+    top_p: Optional[float] = TOP_P_OPT,
+    top_k: Optional[int] = TOP_K_OPT,
+    repeat_penalty: Optional[float] = REPEAT_PENALTY_OPT,
+    seed: Optional[int] = SEED_OPT,
 ):
     """Multi-turn chat: the full-screen UI (streaming Markdown, live FTL and tokens/s, saved
-    conversations, model and device pickers), or --plain for a line-based chat."""
-    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain, prefix_file))
+    conversations, model and device pickers), or --plain for a line-based chat (which also
+    takes the sampling options)."""
+    try:
+        settings = _sampling(temperature, top_p, top_k, repeat_penalty, seed)
+    except TpuchatError as e:
+        raise _fail(e)
+    raise typer.Exit(_chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain, prefix_file, settings))
 
 
 @app.command()
@@ -247,13 +270,13 @@ def info(
     except TpuchatError as e:
         raise _fail(e)
     if as_json:
-        typer.echo(json.dumps(desc, indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(desc.to_dict(), indent=2, ensure_ascii=False))
         return
     from .tables import print_model_table
 
     print_model_table(desc, show_nets=nets)
-    if desc.get("family"):
-        _print_family(desc["family"])
+    if desc.family:
+        _print_family(desc.family)
 
 
 def _print_family(fam: dict) -> None:
@@ -299,11 +322,17 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
     image: Optional[str] = typer.Option(None, "--image", "-i",
                                         help="An image file to ask about (vision bmodels, e.g. Llama-3.2-Vision)."),
+    temperature: Optional[float] = TEMPERATURE_OPT,
+    top_p: Optional[float] = TOP_P_OPT,
+    top_k: Optional[int] = TOP_K_OPT,
+    repeat_penalty: Optional[float] = REPEAT_PENALTY_OPT,
+    seed: Optional[int] = SEED_OPT,
 ):
     """One answer to one prompt, streamed, with FTL and tokens/s."""
     from .chat.oneshot import one_shot
 
     try:
+        settings = _sampling(temperature, top_p, top_k, repeat_penalty, seed)
         text = _read_prompt(prompt)
         result = one_shot(
             model=model,
@@ -317,6 +346,7 @@ def run(
             ignore_eos=ignore_eos,
             on_text=None if as_json else _stream_out,
             image=image,
+            settings=settings,
         )
     except TpuchatError as e:
         raise _fail(e)
@@ -337,12 +367,9 @@ def _stream_out(delta: str) -> None:
 
 
 def _stats_line(r: dict) -> str:
-    vit = f"vit {r['vit_s']:.3f} s (image encoder, before the prompt) | " if r.get("vit_s") else ""
-    return vit + (
-        f"FTL {r['ftl_s']:.3f} s | TPS {r['tokens_per_s']:.2f} tokens/s | "
-        f"{r['prompt_tokens']} prompt + {r['new_tokens']} new tokens ({r['stop_reason']}) | "
-        f"device {r['device_ms_per_token']:.1f} ms/token | host {r['host_us_per_token']:.0f} µs/token"
-    )
+    from .chat.statsline import format_stats
+
+    return format_stats(r, "run")
 
 
 # --------------------------------------------------------------------------

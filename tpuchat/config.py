@@ -48,12 +48,9 @@ GEN_KEYS = tuple(f.name for f in fields(Settings) if f.name not in Settings.CHAT
 
 
 def config_path() -> Path:
-    env = os.environ.get("TPUCHAT_CONFIG")
-    if env:
-        return Path(env)
-    import platformdirs
+    from .paths import config_file
 
-    return Path(platformdirs.user_config_dir("tpuchat")) / "config.toml"
+    return config_file()
 
 
 def _toml_loads(text: str) -> dict:

@@ -5,12 +5,11 @@ answer's row as soon as generation starts (marked stopped, empty) and fills
 it in as text arrives, so a stopped, failed or killed answer keeps what was
 produced.  Each answer carries its stats (FTL, tokens/s, tokens, model).
 
-Location: $TPUCHAT_DATA/chats.db if set, else platformdirs'
-user_data_dir("tpuchat")/chats.db.
+Location: paths.db_path().  The schema is versioned (PRAGMA user_version,
+see MIGRATIONS).
 """
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -18,7 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-SCHEMA = """
+from .paths import db_path
+from .runtime.protocol import GenerationStats
+
+# The schema's history: the database's PRAGMA user_version says how many of
+# these it has had.  Append, never edit: an old file runs the ones it lacks.
+# Each uses IF NOT EXISTS, so a file from before versions (user_version 0,
+# with or without the attachments table) takes them all safely.
+MIGRATIONS = (
+    # 1: conversations and their messages, each answer with its stats
+    """
 CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     title TEXT NOT NULL DEFAULT '',
@@ -44,6 +52,9 @@ CREATE TABLE IF NOT EXISTS messages (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_conv ON messages(conv_id, id);
+""",
+    # 2: images attached to messages
+    """
 CREATE TABLE IF NOT EXISTS attachments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
@@ -53,20 +64,26 @@ CREATE TABLE IF NOT EXISTS attachments (
     name TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS attachments_msg ON attachments(message_id);
-"""
+""",
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def data_dir() -> Path:
-    env = os.environ.get("TPUCHAT_DATA")
-    if env:
-        return Path(env)
-    import platformdirs
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring an open database to SCHEMA_VERSION; returns the version it had."""
+    from .errors import TpuchatError
 
-    return Path(platformdirs.user_data_dir("tpuchat"))
-
-
-def default_db_path() -> Path:
-    return data_dir() / "chats.db"
+    had = db.execute("PRAGMA user_version").fetchone()[0]
+    if had > SCHEMA_VERSION:
+        raise TpuchatError(f"the conversation database was written by a newer tpuchat (schema {had}, this one "
+                           f"knows {SCHEMA_VERSION}); upgrade tpuchat or set TPUCHAT_DATA to another directory")
+    for version in range(had + 1, SCHEMA_VERSION + 1):
+        with db:  # each step and its version number commit together
+            for stmt in MIGRATIONS[version - 1].split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            db.execute(f"PRAGMA user_version={version}")
+    return had
 
 
 @dataclass
@@ -104,7 +121,7 @@ class StoredMessage:
     stopped: bool = False
     error: Optional[str] = None
     model: Optional[str] = None
-    stats: Dict[str, Any] = field(default_factory=dict)
+    stats: GenerationStats = field(default_factory=GenerationStats.partial)  # only _STAT_COLS are known
     created: float = 0.0
     attachments: List[StoredAttachment] = field(default_factory=list)
 
@@ -112,12 +129,19 @@ class StoredMessage:
 _STAT_COLS = ("ftl_s", "tokens_per_s", "new_tokens", "prompt_tokens", "stop_reason")
 
 
+def _known_stats(stats: Optional[GenerationStats]) -> Dict[str, Any]:
+    """The stored columns' values that are known (not None)."""
+    if stats is None:
+        return {}
+    return {k: getattr(stats, k) for k in _STAT_COLS if getattr(stats, k) is not None}
+
+
 class Store:
     """Thread-safe (one connection, one lock): the UI thread and the generation
     thread both write."""
 
     def __init__(self, path: Union[str, Path, None] = None):
-        self.path = Path(path) if path is not None else default_db_path()
+        self.path = Path(path) if path is not None else db_path()
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -127,7 +151,7 @@ class Store:
             if str(self.path) != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
+            migrate(self._db)
             self._db.commit()
 
     def close(self) -> None:
@@ -209,27 +233,27 @@ class Store:
     # -- messages ------------------------------------------------------------
     @staticmethod
     def _msg(row) -> StoredMessage:
-        stats = {k: row[k] for k in _STAT_COLS if row[k] is not None}
+        stats = GenerationStats.partial(**{k: row[k] for k in _STAT_COLS})
         return StoredMessage(row["id"], row["conv_id"], row["role"], row["content"], bool(row["stopped"]),
                              row["error"], row["model"], stats, row["created"])
 
     def add_message(self, conv_id: int, role: str, content: str, stopped: bool = False,
-                    model: Optional[str] = None, stats: Optional[dict] = None, error: Optional[str] = None) -> int:
-        stats = stats or {}
+                    model: Optional[str] = None, stats: Optional[GenerationStats] = None,
+                    error: Optional[str] = None) -> int:
+        known = _known_stats(stats)
         now = time.time()
         with self._lock:
             cur = self._db.execute(
                 "INSERT INTO messages(conv_id, role, content, stopped, error, model, ftl_s, tokens_per_s, new_tokens,"
                 " prompt_tokens, stop_reason, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (conv_id, role, content, int(stopped), error, model, stats.get("ftl_s"), stats.get("tokens_per_s"),
-                 stats.get("new_tokens"), stats.get("prompt_tokens"), stats.get("stop_reason"), now),
+                (conv_id, role, content, int(stopped), error, model, *(known.get(k) for k in _STAT_COLS), now),
             )
             self._db.execute("UPDATE conversations SET updated=? WHERE id=?", (now, conv_id))
             self._db.commit()
             return cur.lastrowid
 
     def update_message(self, msg_id: int, content: Optional[str] = None, stopped: Optional[bool] = None,
-                       stats: Optional[dict] = None, error: Optional[str] = None) -> None:
+                       stats: Optional[GenerationStats] = None, error: Optional[str] = None) -> None:
         sets, args = [], []
         if content is not None:
             sets.append("content=?")
@@ -240,10 +264,9 @@ class Store:
         if error is not None:
             sets.append("error=?")
             args.append(error)
-        for k in _STAT_COLS:
-            if stats and k in stats:
-                sets.append(f"{k}=?")
-                args.append(stats[k])
+        for k, v in _known_stats(stats).items():
+            sets.append(f"{k}=?")
+            args.append(v)
         if not sets:
             return
         args.append(msg_id)
@@ -288,7 +311,7 @@ class Store:
             "updated": conv.updated,
             "messages": [
                 dict({"role": m.role, "content": m.content, "stopped": m.stopped, "error": m.error, "model": m.model,
-                      "stats": m.stats, "created": m.created},
+                      "stats": _known_stats(m.stats), "created": m.created},
                      **({"attachments": [{"kind": a.kind, "path": a.path, "name": a.name, "sha256": a.digest}
                                          for a in m.attachments]} if m.attachments else {}))
                 for m in self.messages(conv_id)
@@ -299,6 +322,8 @@ class Store:
         return json.dumps(self.export_dict(conv_id), indent=2, ensure_ascii=False)
 
     def export_markdown(self, conv_id: int) -> str:
+        from .chat.statsline import format_stats
+
         d = self.export_dict(conv_id)
         out = [f"# {d['title'] or 'Conversation'}", ""]
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created"]))
@@ -313,18 +338,7 @@ class Store:
                 out += [m["content"], ""]
             else:
                 out += ["## " + (m["model"] or "Assistant"), "", m["content"], ""]
-                s = m["stats"]
-                notes = []
-                if "ftl_s" in s:
-                    notes.append(f"FTL {s['ftl_s']:.3f} s")
-                if "tokens_per_s" in s:
-                    notes.append(f"{s['tokens_per_s']:.2f} tokens/s")
-                if "new_tokens" in s:
-                    notes.append(f"{s['new_tokens']} tokens")
-                if m["stopped"]:
-                    notes.append("stopped")
-                if m["error"]:
-                    notes.append("error: " + m["error"])
-                if notes:
-                    out += ["*" + " · ".join(notes) + "*", ""]
+                line = format_stats(m["stats"], "markdown", m["stopped"], m["error"])
+                if line:
+                    out += ["*" + line + "*", ""]
         return "\n".join(out).rstrip() + "\n"

@@ -8,57 +8,57 @@ def _mb(n: int) -> str:
     return f"{n / (1 << 20):.1f} MB"
 
 
-def _vision_text(desc: dict) -> str:
-    if desc.get("has_vision"):
-        return (f"images: {desc['vision_tiles']} tiles of {desc['image_size']} px "
-                f"({desc['image_patches']} patches each); cross-attention layers "
-                f"{', '.join(map(str, desc['cross_layers']))}; image K/V {_mb(desc['image_kv_bytes'])}")
-    if desc.get("cross_layers"):
-        return f"cross-attention layers {desc['cross_layers']} but no vit net: text only"
+def _vision_text(desc) -> str:
+    if desc.has_vision:
+        return (f"images: {desc.vision_tiles} tiles of {desc.image_size} px "
+                f"({desc.image_patches} patches each); cross-attention layers "
+                f"{', '.join(map(str, desc.cross_layers))}; image K/V {_mb(desc.image_kv_bytes)}")
+    if desc.cross_layers:
+        return f"cross-attention layers {desc.cross_layers} but no vit net: text only"
     return "no (text only)"
 
 
-def print_model_table(desc: dict, show_nets: bool = False) -> None:
+def print_model_table(desc, show_nets: bool = False) -> None:
     c = Console()
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
-    rt = desc.get("runtime", {})
-    heads = ", ".join(desc["heads"]) or "none"
+    rt = desc.runtime
+    heads = ", ".join(desc.heads) or "none"
     rows = [
-        ("file", f"{desc['path']} ({_mb(desc['file_size'])})"),
-        ("convention", desc.get("convention") or "?"),
-        ("chip / toolchain", f"{desc.get('chip') or '?'} / {desc.get('toolchain') or '?'}"),
-        ("layers", str(desc["num_layers"])),
-        ("prefill length S", f"{desc['seq_len']}" + (f" (stages {desc['stages']})" if len(desc["stages"]) > 1 else "")),
-        ("KV length L", str(desc["kv_len"])),
-        ("hidden / KV heads x dim", f"{desc['hidden_size']} / {desc['kv_heads']} x {desc['head_dim']}"),
-        ("dtype / quantisation", f"{desc['dtype']} / {desc['quantization']}"),
-        ("prefill", "dynamic (real length)" if desc["dynamic"] else "static (always S)"),
-        ("lm_head", "top-1 token on device" if desc["lm_head"] == "top1" else f"logits ({desc['vocab_size']} wide)"),
+        ("file", f"{desc.path} ({_mb(desc.file_size)})"),
+        ("convention", desc.convention or "?"),
+        ("chip / toolchain", f"{desc.chip or '?'} / {desc.toolchain or '?'}"),
+        ("layers", str(desc.num_layers)),
+        ("prefill length S", f"{desc.seq_len}" + (f" (stages {desc.stages})" if len(desc.stages) > 1 else "")),
+        ("KV length L", str(desc.kv_len)),
+        ("hidden / KV heads x dim", f"{desc.hidden_size} / {desc.kv_heads} x {desc.head_dim}"),
+        ("dtype / quantisation", f"{desc.dtype} / {desc.quantization}"),
+        ("prefill", "dynamic (real length)" if desc.dynamic else "static (always S)"),
+        ("lm_head", "top-1 token on device" if desc.lm_head == "top1" else f"logits ({desc.vocab_size} wide)"),
         ("heads", heads),
-        ("history prefill (block_kv)", "yes" if desc["block_kv"] else "no"),
-        ("sampling", "available" if desc["lm_head"] == "logits" or desc["heads"] else "greedy only (top-1 build)"),
-        ("KV cache addressing", "io_alone (cache in block_cache IO)" if desc["addr_mode"] == 1 else "basic (own buffers)"),
-        ("KV cache size", _mb(desc["kv_cache_bytes"])),
-        ("devices needed", str(desc["num_device"])),
+        ("history prefill (block_kv)", "yes" if desc.block_kv else "no"),
+        ("sampling", "available" if desc.can_sample else "greedy only (top-1 build)"),
+        ("KV cache addressing", "io_alone (cache in block_cache IO)" if desc.addr_mode == 1 else "basic (own buffers)"),
+        ("KV cache size", _mb(desc.kv_cache_bytes)),
+        ("devices needed", str(desc.num_device)),
     ]
     rows.append(("vision", _vision_text(desc)))
-    for d in desc.get("devices", []):
-        mem = "memory unknown (simulator)" if d["mem_total_mb"] <= 0 else f"{d['mem_used_mb']} / {d['mem_total_mb']} MB used"
-        rows.append((f"device {d['devid']}", mem))
+    for d in desc.devices:
+        mem = "memory unknown (simulator)" if d.mem_total_mb <= 0 else f"{d.mem_used_mb} / {d.mem_total_mb} MB used"
+        rows.append((f"device {d.devid}", mem))
     if rt:
-        rows.append(("runtime", f"{rt['kind']} {rt.get('version') or ''} at {rt['path']}"))
+        rows.append(("runtime", f"{rt.kind} {rt.version or ''} at {rt.path}"))
     for k, v in rows:
         t.add_row(k, v)
     c.print(t)
-    c.print(f"[dim]nets:[/dim] {', '.join(desc['nets'])}")
+    c.print(f"[dim]nets:[/dim] {', '.join(desc.nets)}")
 
 
 def print_bench_table(r: dict) -> None:
     c = Console()
     t = Table(title=f"tpuchat bench · {r['runtime']} · devices {','.join(map(str, r['devices']))}")
-    for col in ("model", "FTL (s)", "tokens/s", "device ms/token", "host µs/token", "calls/token"):
+    for col in ("model", "FTL (s)", "tokens/s", "device ms/token", "host µs/token", "of it worker µs", "calls/token"):
         t.add_column(col, justify="right" if col != "model" else "left")
 
     def fmt(key, spec):
@@ -71,6 +71,7 @@ def print_bench_table(r: dict) -> None:
         fmt("tokens_per_s", ".2f"),
         fmt("device_ms_per_token", ".1f"),
         fmt("host_us_per_token", ".0f"),
+        fmt("worker_host_us_per_token", ".0f") if "worker_host_us_per_token" in r else "?",
         f"{r['launches_per_token']:.0f} launches + {r['copies_per_token']:.0f} copies",
     )
     c.print(t)
@@ -78,6 +79,11 @@ def print_bench_table(r: dict) -> None:
         f"[dim]{len(r['runs'])} runs · prompt {r['prompt_tokens']} tokens · {r['new_tokens']} new tokens each · "
         "median (min–max)[/dim]"
     )
+    names = {"ftl_s": "FTL", "tokens_per_s": "tokens/s", "device_ms_per_token": "device ms/token",
+             "host_us_per_token": "host µs/token", "worker_host_us_per_token": "of it worker µs",
+             "launches_per_token": "launches", "copies_per_token": "copies"}
+    for key, text in r.get("covers", {}).items():
+        c.print(f"[dim]{names.get(key, key)}: {text}[/dim]")
 
 
 def print_reuse_tables(r: dict) -> None:

@@ -27,10 +27,15 @@ def test_bind_policy():
 
 
 def test_can_sample_from_description():
-    assert not H.model_can_sample({"lm_head": "top1", "heads": []})
-    assert H.model_can_sample({"lm_head": "logits", "heads": ["greedy_head"]})
-    assert H.model_can_sample({"lm_head": "top1", "heads": ["penalty_sample_head"]})
-    assert H.model_can_sample({"lm_head": "top1", "heads": [], "can_sample": True})
+    import dataclasses
+
+    from tpuchat.tui.fake import fake_desc
+
+    top1 = fake_desc()
+    assert not H.model_can_sample(top1)
+    assert not H.model_can_sample(dataclasses.replace(top1, heads=["greedy_head"]))
+    assert H.model_can_sample(dataclasses.replace(top1, lm_head="logits", heads=["greedy_head"]))
+    assert H.model_can_sample(dataclasses.replace(top1, lm_head="logits", heads=["penalty_sample_head"]))
 
 
 def test_defaults_are_greedy_without_limit():

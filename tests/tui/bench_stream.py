@@ -91,8 +91,8 @@ def main() -> int:
                 ui_thread_cpu=ui1 - ui0,
                 proc_cpu=(r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
                 lat=sorted(app.latencies),
-                tokens=app.last_stats.get("new_tokens"),
-                tps=app.last_stats.get("tokens_per_s"),
+                tokens=app.last_stats.new_tokens,
+                tps=app.last_stats.tokens_per_s,
                 text_ok=app.session.conv.messages[-1].content == answer.strip() or
                 app.session.conv.messages[-1].content == answer,
             )

@@ -78,7 +78,7 @@ async def test_send_streams_answer_with_stats(app_factory):
         assert [m.role for m in msgs] == ["user", "assistant"]
         assert msgs[0].content == "hi there"
         assert msgs[1].content == box.text and not msgs[1].stopped
-        assert msgs[1].stats["new_tokens"] == 57 and msgs[1].stats["tokens_per_s"] > 0
+        assert msgs[1].stats.new_tokens == 57 and msgs[1].stats.tokens_per_s > 0
         assert msgs[1].model == model.name
         assert app.store.list_conversations()[0].title == "hi there"
 
@@ -114,7 +114,7 @@ async def test_escape_stops_and_keeps_partial(app_factory):
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot, app)
         await type_and_send(pilot, "tell me")
-        await wait_for(pilot, lambda: app._tokens >= 3)
+        await wait_for(pilot, lambda: app.ctl.buffer.tokens >= 3)
         await pilot.press("escape")
         await wait_for(pilot, lambda: not app.generating)
         ans = app.session.conv.messages[-1]
@@ -122,7 +122,7 @@ async def test_escape_stops_and_keeps_partial(app_factory):
         box = boxes(app, "assistant")[0]
         assert "stopped" in str(box.query_one(".msg-footer").render())
         stored = app.store.messages(app.conv_id)[-1]
-        assert stored.stopped and stored.content == ans.content and stored.stats["stop_reason"] == "cancelled"
+        assert stored.stopped and stored.content == ans.content and stored.stats.stop_reason == "cancelled"
         # the conversation goes on
         await type_and_send(pilot, "again")
         await wait_for(pilot, lambda: not app.generating and len(app.session.conv.messages) == 4)

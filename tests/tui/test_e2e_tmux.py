@@ -125,10 +125,10 @@ def test_chat_in_tmux(tmp_path, demo_bmodel, sim_lib):
         assert len(convs) == 1 and convs[0].title == "hello there"
         msgs = store.messages(convs[0].id)
         assert [m.role for m in msgs] == ["user", "assistant", "user", "assistant"]
-        assert msgs[1].stats.get("new_tokens", 0) >= 1 and msgs[1].stats.get("tokens_per_s") is not None
+        assert (msgs[1].stats.new_tokens or 0) >= 1 and msgs[1].stats.tokens_per_s is not None
         assert msgs[1].model == name
-        assert msgs[3].stopped and msgs[3].stats.get("stop_reason") == "cancelled"
-        assert msgs[3].stats["new_tokens"] < 200
+        assert msgs[3].stopped and msgs[3].stats.stop_reason == "cancelled"
+        assert msgs[3].stats.new_tokens < 200
         store.close()
 
         # 4. restart and find the conversation again

@@ -42,7 +42,8 @@ class SnapApp(TpuchatApp):
     """Fixed numbers where the real app shows measured times."""
 
     def live_stats(self):
-        return {"ftl_s": 0.42, "tokens_per_s": 18.5, "new_tokens": self._tokens} if self._t_first else {}
+        buf = self.ctl.buffer
+        return {"ftl_s": 0.42, "tokens_per_s": 18.5, "new_tokens": buf.tokens} if buf.t_first else {}
 
 
 def make(tmp_path, model, **kw):

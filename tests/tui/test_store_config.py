@@ -4,6 +4,7 @@ import json
 import sqlite3
 
 from tpuchat import config as cfg
+from tpuchat.runtime.protocol import GenerationStats
 from tpuchat.store import Store
 
 
@@ -12,11 +13,11 @@ def test_store_roundtrip_and_search(tmp_path):
     c = s.new_conversation("Bubble sort", system="be brief", model="m.bmodel", settings={"temperature": 0.5})
     u = s.add_message(c.id, "user", "sort 100% of it")
     a = s.add_message(c.id, "assistant", "", stopped=True, model="m.bmodel")
-    s.update_message(a, content="partial", stats={"ftl_s": 0.5, "tokens_per_s": 12.0, "new_tokens": 3,
-                                                  "prompt_tokens": 20, "stop_reason": "cancelled"})
+    s.update_message(a, content="partial", stats=GenerationStats.partial(
+        ftl_s=0.5, tokens_per_s=12.0, new_tokens=3, prompt_tokens=20, stop_reason="cancelled"))
     msgs = s.messages(c.id)
     assert [m.id for m in msgs] == [u, a]
-    assert msgs[1].stopped and msgs[1].content == "partial" and msgs[1].stats["new_tokens"] == 3
+    assert msgs[1].stopped and msgs[1].content == "partial" and msgs[1].stats.new_tokens == 3
     assert s.get_conversation(c.id).settings == {"temperature": 0.5}
     assert [x.id for x in s.list_conversations("100%")] == [c.id]
     assert s.list_conversations("nothing") == []

@@ -7,13 +7,18 @@ kept); Ctrl+C again at the prompt, or Ctrl+D, exits.  A message that fails
 (too long, engine crash) is offered again on the next prompt line.
 """
 
+import dataclasses
 import signal
 import sys
 from typing import Optional, Sequence
 
 from ..errors import EngineCrashed, ImageError, PromptTooLong
 from .conversation import Attachment, Conversation
-from .session import ChatModel, ChatSession, Delta, Finished, GenSettings, Notice
+from ..options import check_can_sample
+from .. import config as cfg
+from .controller import ConversationController
+from .session import ChatModel, Delta, Finished, GenSettings, ModelSpec, Notice, open_chat_model
+from .statsline import format_stats
 
 HELP = ("commands: /clear (forget history) /new (same) /system TEXT (set system prompt) "
         "/image PATH (attach an image to the next message; /image off) /exit")
@@ -21,16 +26,21 @@ HELP = ("commands: /clear (forget history) /new (same) /system TEXT (set system 
 
 class PlainChat:
     def __init__(self, model: ChatModel, max_new_tokens: int, system: Optional[str], out=sys.stdout,
-                 err=sys.stderr):
+                 err=sys.stderr, settings: Optional[GenSettings] = None):
         self.model = model
-        self.session = ChatSession(model, Conversation(system=system), GenSettings(max_new_tokens))
+        self.ctl = ConversationController(defaults=cfg.Settings(system_prompt=system or ""), model=model)
+        self.settings = settings or GenSettings(max_new_tokens)
         self.out, self.err = out, err
         self.refill = ""  # text to offer again on the next prompt
         self.pending_image: Optional[Attachment] = None  # goes with the next message
 
     @property
     def conv(self) -> Conversation:
-        return self.session.conv
+        return self.ctl.conv
+
+    @property
+    def session(self):
+        return self.ctl.session
 
     def say(self, text: str) -> None:
         self.err.write(text + "\n")
@@ -60,12 +70,12 @@ class PlainChat:
         if cmd in ("/exit", "/quit"):
             return False
         if cmd in ("/clear", "/new"):
-            self.conv.clear()
+            self.ctl.clear()
             self.say("(history cleared)")
         elif cmd == "/image":
             self.image_command(arg.strip())
         elif cmd == "/system":
-            self.conv.system = arg.strip() or None
+            self.ctl.set_system(arg.strip())
             self.say(f"(system prompt {'set' if self.conv.system else 'cleared'})")
         else:
             self.say(HELP)
@@ -106,11 +116,13 @@ class PlainChat:
             if cancelled:
                 raise KeyboardInterrupt
             cancelled.append(True)
-            self.session.cancel()
+            self.ctl.cancel()
 
         old_handler = signal.signal(signal.SIGINT, on_sigint)
         try:
-            for ev in self.session.send(text, image=image):
+            self.ctl.begin(text, image)
+            self.ctl.session.settings = self.settings  # the command line's, not a settings file's
+            for ev in self.ctl.answer(text, image):
                 if isinstance(ev, Delta):
                     self.out.write(ev.text)
                     self.out.flush()
@@ -119,12 +131,7 @@ class PlainChat:
                 elif isinstance(ev, Finished):
                     self.out.write("\n")
                     self.out.flush()
-                    note = {"cancelled": " (stopped)", "context_full": " (context full: /clear to start over)",
-                            "max_tokens": " (max tokens)"}.get(ev.reason, "")
-                    st = ev.stats
-                    cached = (f" ({st['reused_tokens']} of {st['prompt_tokens']} prompt tokens cached)"
-                              if st.get("reused_tokens") else "")
-                    self.say(f"FTL {st['ftl_s']:.3f} s{cached} | TPS {st['tokens_per_s']:.2f} tokens/s{note}")
+                    self.say(format_stats(ev.stats, "plain"))
         except (PromptTooLong, ImageError) as e:
             self.refill = text
             self.pending_image = image  # kept for the retry
@@ -141,7 +148,7 @@ class PlainChat:
 
     def loop(self) -> int:
         d = self.model.desc
-        self.say(f"{self.model.name} · S {d['seq_len']} / L {d['kv_len']} · {d['runtime']['kind']} · {HELP}")
+        self.say(f"{self.model.name} · S {d.seq_len} / L {d.kv_len} · {d.runtime.kind if d.runtime else '?'} · {HELP}")
         interrupted_once = False
         while True:
             try:
@@ -172,14 +179,19 @@ class PlainChat:
 
 
 def run_plain_chat(model: str, devids: Sequence[int], lib_dir: Optional[str], tokenizer_dir: Optional[str],
-                   max_new_tokens: int, system: Optional[str], shared_prefix: bool = False) -> int:
-    """shared_prefix: `system` is a long shared document; compute it once and keep it on the device."""
-    chat_model = ChatModel(model, devids, lib_dir, tokenizer_dir)
+                   max_new_tokens: int, system: Optional[str], shared_prefix: bool = False,
+                   settings: Optional[GenSettings] = None) -> int:
+    """shared_prefix: `system` is a long shared document; compute it once and keep it on the device.
+    settings: sampling (greedy when None)."""
+    spec = ModelSpec(model, devids, lib_dir, tokenizer_dir, system if shared_prefix else None)
+    chat_model = open_chat_model(spec)
     try:
-        if shared_prefix and system:
-            p = chat_model.pin_system_prefix(system)
+        settings = dataclasses.replace(settings or GenSettings(), max_new_tokens=max_new_tokens)
+        check_can_sample(settings, chat_model.desc)
+        if spec.shared_prefix:
+            p = chat_model.pinned
             print(f"(shared prefix: {p['tokens']} tokens kept on the device, computed in {p['seconds']:.2f} s)",
                   file=sys.stderr, flush=True)
-        return PlainChat(chat_model, max_new_tokens, system).loop()
+        return PlainChat(chat_model, max_new_tokens, system, settings=settings).loop()
     finally:
         chat_model.close()

@@ -13,6 +13,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 from ..errors import EngineCrashed, ImageError
 from ..runtime.client import DoneEvent, EngineClient
+from ..runtime.protocol import GenerationStats, ModelDesc
 from .conversation import Attachment, Conversation, FittedPrompt, Message
 
 
@@ -28,6 +29,7 @@ class GenSettings:
     repetition_penalty: float = 1.0  # 1.0: off
     seed: Optional[int] = None
     stop: List[str] = field(default_factory=list)  # stop strings, on top of the model's end tokens
+    ignore_eos: bool = False  # run on through end-of-turn tokens (`tpuchat run --ignore-eos`, benchmarks)
 
     def sampling(self) -> Optional[dict]:
         """The engine's sampling arguments; None means greedy."""
@@ -56,11 +58,11 @@ class Notice:
 class Finished:
     text: str
     token_ids: List[int]
-    stats: dict  # GenerationStats as a dict; stop_reason: eos|max_tokens|context_full|cancelled
+    stats: GenerationStats  # stop_reason: eos|max_tokens|context_full|cancelled
 
     @property
     def reason(self) -> str:
-        return self.stats.get("stop_reason", "")
+        return self.stats.stop_reason or ""
 
 
 Event = Union[Delta, Notice, Finished]
@@ -89,7 +91,12 @@ class ChatModel:
         check_bmodel_file(model)  # a bad model path is the more basic error than a tokenizer
         self.tok = load_tokenizer(find_tokenizer_dir(tokenizer_dir, model))
         self.client = client or EngineClient()
-        self.desc = self.client.open(model, list(devids), lib_dir)
+        try:
+            self.desc: ModelDesc = self.client.open(model, list(devids), lib_dir)
+        except BaseException:
+            if client is None:
+                self.client.close()  # no worker left behind by a model that did not open
+            raise
         self.model_path = model
         self.pinned: dict = {}  # the shared prefix kept on the device (pin_system_prefix)
 
@@ -99,12 +106,12 @@ class ChatModel:
 
     def answer_room(self, settings: GenSettings) -> int:
         """KV positions kept free for the answer when fitting the prompt."""
-        return min(settings.max_new_tokens, max(1, self.desc["kv_len"] // 4))
+        return min(settings.max_new_tokens, max(1, self.desc.kv_len // 4))
 
     def fit(self, conv: Conversation, settings: GenSettings):
         # Prompts longer than one prefill are appended after it, so only the
         # KV length bounds them.
-        return conv.fit(self.tok, self.desc["kv_len"], self.desc["kv_len"], self.answer_room(settings))
+        return conv.fit(self.tok, self.desc.kv_len, self.desc.kv_len, self.answer_room(settings))
 
     def stream_ids(self, ids: Sequence[int], settings: GenSettings, image=None,
                    image_pos: Optional[int] = None) -> Iterator[Event]:
@@ -115,8 +122,8 @@ class ChatModel:
         dec = IncrementalDecoder(self.tok)
         generated: List[int] = []
         kw = {} if image is None else {"image": image, "image_pos": image_pos}
-        for ev in self.client.generate(ids, settings.max_new_tokens, sorted(self.tok.eos_ids), settings.sampling(),
-                                       **kw):
+        stops = [] if settings.ignore_eos else sorted(self.tok.eos_ids)
+        for ev in self.client.generate(ids, settings.max_new_tokens, stops, settings.sampling(), **kw):
             if isinstance(ev, DoneEvent):
                 rest = dec.flush()
                 if rest:
@@ -144,7 +151,7 @@ class ChatModel:
 
     # -- images (vision bmodels) -------------------------------------------
     @classmethod
-    def from_parts(cls, tok, client, desc: dict, model_path: str = "model.bmodel") -> "ChatModel":
+    def from_parts(cls, tok, client, desc: ModelDesc, model_path: str = "model.bmodel") -> "ChatModel":
         """A ChatModel over an already open client (tests, embedding)."""
         self = cls.__new__(cls)
         self.tok, self.client, self.desc, self.model_path = tok, client, desc, model_path
@@ -152,7 +159,7 @@ class ChatModel:
 
     @property
     def has_vision(self) -> bool:
-        return bool(self.desc.get("has_vision"))
+        return self.desc.has_vision
 
     def check_vision(self) -> None:
         """ImageError unless this bmodel can take images."""
@@ -167,7 +174,7 @@ class ChatModel:
         return self._image_token_id
 
     def fit_prompt(self, conv: Conversation, settings: GenSettings) -> FittedPrompt:
-        return conv.fit_prompt(self.tok, self.desc["kv_len"], self.desc["kv_len"], self.answer_room(settings),
+        return conv.fit_prompt(self.tok, self.desc.kv_len, self.desc.kv_len, self.answer_room(settings),
                                images=self.has_vision)
 
     def image_inputs(self, att: Attachment):
@@ -178,8 +185,8 @@ class ChatModel:
         from ..vision import load_processor, preprocess
 
         img = reload_attachment(att)
-        inputs = preprocess(img, load_processor(self.tok.path), self.desc.get("vision_tiles"))
-        size = self.desc.get("image_size")
+        inputs = preprocess(img, load_processor(self.tok.path), self.desc.vision_tiles or None)
+        size = self.desc.image_size
         if size and inputs.size != size:
             raise ImageError(f"the image processor makes {inputs.size} px tiles but the model takes {size} px: "
                              "preprocessor_config.json does not belong to this bmodel")
@@ -188,8 +195,32 @@ class ChatModel:
         return inputs
 
 
-def check_vision(desc: dict, name: str) -> None:
-    if not desc.get("has_vision"):
+@dataclass
+class ModelSpec:
+    """Which model to open, and how: what every front end is given."""
+
+    path: str
+    devids: Sequence[int] = (0,)
+    lib_dir: Optional[str] = None
+    tokenizer_dir: Optional[str] = None
+    shared_prefix: Optional[str] = None  # a system prompt whose KV rows stay on the device (--prefix-file)
+
+
+def open_chat_model(spec: ModelSpec, client: Optional[EngineClient] = None) -> ChatModel:
+    """Open the model, pin the shared prefix, and close it all again if any step fails:
+    the one way every front end (TUI, plain chat, run, bench, serve) gets a model."""
+    model = ChatModel(spec.path, list(spec.devids), spec.lib_dir, spec.tokenizer_dir, client)
+    if spec.shared_prefix:
+        try:
+            model.pin_system_prefix(spec.shared_prefix)
+        except BaseException:
+            model.close()
+            raise
+    return model
+
+
+def check_vision(desc: ModelDesc, name: str) -> None:
+    if not desc.has_vision:
         raise ImageError(f"{name} is a text-only model (no vision net): it cannot take images; "
                          "open a vision bmodel (Llama-3.2-Vision) to ask about images")
 
@@ -258,7 +289,7 @@ class ChatSession:
             ids, dropped = self.model.fit(self.conv, self.settings)
             return ids, dropped, {}, []
         notices: List[str] = []
-        if not self.model.desc.get("has_vision"):
+        if not self.model.desc.has_vision:
             notices.append("this model cannot see images: the images in this conversation are left out")
         while True:
             p = self.model.fit_prompt(self.conv, self.settings)

@@ -1,9 +1,10 @@
 """Thin Python wrapper over the C shim: every return code is checked and
 turned into a TpuchatError with the shim's one-line message."""
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .protocol import DeviceStat, ModelDesc  # noqa: F401  (re-exported)
 from ..errors import ContextFull, DeviceError, EngineCrashed, ModelError, PromptTooLong, RuntimeNotFound, TpuchatError
 
 DTYPE_NAMES = {0: "f32", 1: "f16", 2: "int8", 3: "uint8", 4: "int16", 5: "uint16", 6: "int32", 7: "uint32", 8: "bf16"}
@@ -58,14 +59,6 @@ def device_count() -> int:
     return n[0]
 
 
-@dataclass
-class DeviceStat:
-    devid: int
-    mem_total_mb: int
-    mem_used_mb: int
-    tpu_util: int
-
-
 def device_stat(devid: int) -> DeviceStat:
     s = _shim()
     err = _err_buf()
@@ -90,54 +83,6 @@ class NetInfo:
     dynamic: bool
     addr_mode: int
     stages: List[Dict[str, List[TensorInfo]]]
-
-
-@dataclass
-class ModelDesc:
-    """What a bmodel is, as read from its nets by the shim."""
-
-    path: str
-    file_size: int
-    chip: Optional[str]
-    toolchain: Optional[str]
-    num_layers: int
-    seq_len: int
-    kv_len: int
-    hidden_size: int
-    kv_heads: int
-    head_dim: int
-    dtype: str
-    quantization: str
-    addr_mode: int
-    dynamic: bool
-    prefill_has_mask: bool
-    stages: List[int]
-    num_device: int
-    lm_head: str  # "top1" or "logits"
-    vocab_size: int
-    heads: List[str]
-    block_kv: bool
-    kv_cache_bytes: int
-    nets: List[str]
-    convention: str = ""  # the bmodel convention the shim matched ("llm_convert", "Qwen-TPU (...)", ...)
-    decode_embed: str = ""  # how decode tokens are embedded
-    devices: List[DeviceStat] = field(default_factory=list)
-    # Vision (Llama-3.2-Vision style): read from the vit net and the layers' inputs.
-    has_vision: bool = False
-    vision_tiles: int = 0  # tiles the vit takes per image
-    image_size: int = 0  # tile edge in pixels
-    image_patches: int = 0  # image states per tile
-    cross_layers: List[int] = field(default_factory=list)  # cross-attention layer indices
-    image_kv_bytes: int = 0  # device bytes of the image K/V of all cross layers
-
-    @property
-    def can_sample(self) -> bool:
-        return self.lm_head == "logits" or "sample_head" in self.heads or "penalty_sample_head" in self.heads
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["can_sample"] = self.can_sample
-        return d
 
 
 class Model:

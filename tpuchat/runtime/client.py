@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-from ..errors import ERROR_TYPES, EngineCrashed, TpuchatError
-from ..paths import state_dir
+from ..errors import EngineCrashed, TpuchatError
+from ..paths import engine_log_path
+from . import protocol as P
 from .image_inputs import ImageInputs
+from .protocol import GenerationStats, ModelDesc
 
 
 @dataclass
@@ -29,7 +31,7 @@ class TokenEvent:
 
 @dataclass
 class DoneEvent:
-    stats: dict
+    stats: GenerationStats
 
 
 def _exit_reason(code: Optional[int]) -> str:
@@ -45,11 +47,23 @@ def _exit_reason(code: Optional[int]) -> str:
     return f"exited with code {code}"
 
 
+def _whole_host_path(stats: GenerationStats, arrivals: list) -> None:
+    """host_us_per_token as this process saw it: the time between two tokens'
+    arrivals here (worker loop, pipe, this process reading and handling the
+    previous token) minus the device time of a step.  The worker's own share
+    stays in worker_host_us_per_token."""
+    steps = len(arrivals) - 1
+    if steps < 1:
+        return
+    per_step_us = (arrivals[-1] - arrivals[0]) / steps * 1e6
+    stats.host_us_per_token = max(stats.worker_host_us_per_token, per_step_us - stats.device_ms_per_token * 1e3)
+
+
 class EngineClient:
     """Runs an Engine in a child process and streams its events."""
 
     def __init__(self, log_path: Optional[Union[str, Path]] = None, stall_timeout: Optional[float] = None):
-        self.log_path = Path(log_path) if log_path else state_dir() / "engine.log"
+        self.log_path = Path(log_path) if log_path else engine_log_path()
         # A hung device or runtime sends nothing: past this many seconds
         # without a word from the worker, it is killed and reported.
         if stall_timeout is None:
@@ -57,7 +71,7 @@ class EngineClient:
         self.stall_timeout = stall_timeout
         self._proc: Optional[subprocess.Popen] = None
         self._conn = None
-        self.desc: Optional[dict] = None
+        self.desc: Optional[ModelDesc] = None
         self._open_args: Optional[dict] = None
         self._pinned: list = []  # shared prefix ids, pinned again after a restart
         self._gen = 0  # id of the latest generation
@@ -80,7 +94,7 @@ class EngineClient:
         env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "tpuchat.runtime.worker", str(child_sock.fileno())],
+                [sys.executable, "-m", "tpuchat.runtime.worker", str(child_sock.fileno()), str(os.getpid())],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -137,10 +151,10 @@ class EngineClient:
         self._conn = None
         self._proc = None
 
-    def _send(self, op: str, args: dict) -> None:
+    def _send(self, request) -> None:
         try:
             with self._send_lock:
-                self._conn.send((op, args))
+                self._conn.send(request)
         except (OSError, EOFError):
             raise self._crashed() from None
 
@@ -159,37 +173,33 @@ class EngineClient:
         except (OSError, EOFError):
             raise self._crashed() from None
 
-    @staticmethod
-    def _raise_error(payload) -> None:
-        kind, message = payload
-        raise ERROR_TYPES.get(kind, TpuchatError)(message)
+    def _call(self, request, start: bool = False):
+        """Send one request and return its answer's value (the error it reports, raised).
+        start: start the worker if none runs; else restart it and reload the model after a crash."""
+        if start:
+            if not self._alive():
+                self._drop()
+                self._start()
+        else:
+            self.ensure_open()
+        self._send(request)
+        ev = self._recv()
+        if isinstance(ev, P.Failed):
+            raise ev.exception()
+        return ev.desc if isinstance(ev, P.Opened) else ev.value
 
     # -- API ---------------------------------------------------------------
-    def open(self, bmodel: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] = None) -> dict:
-        """Load a bmodel; returns its description (ModelDesc as a dict)."""
-        if not self._alive():
-            self._drop()
-            self._start()
+    def open(self, bmodel: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] = None) -> ModelDesc:
+        """Load a bmodel; returns its description."""
         self._open_args = {"bmodel": str(bmodel), "devids": list(devids), "lib_dir": lib_dir}
         self._pinned = []
         self._worker_image = None  # a newly opened model holds no image
-        self._send("open", self._open_args)
-        ev, payload = self._recv()
-        if ev == "error":
-            self._raise_error(payload)
-        self.desc = payload
-        return payload
+        self.desc = self._call(P.Open(str(bmodel), list(devids), lib_dir), start=True)
+        return self.desc
 
     def devices(self, lib_dir: Optional[str] = None) -> dict:
         """Which runtime the worker finds, the device count and each device's memory."""
-        if not self._alive():
-            self._drop()
-            self._start()
-        self._send("devices", {"lib_dir": lib_dir})
-        ev, payload = self._recv()
-        if ev == "error":
-            self._raise_error(payload)
-        return payload
+        return self._call(P.Devices(lib_dir), start=True)
 
     def ensure_open(self) -> None:
         """Restart the worker and reload the model after a crash."""
@@ -203,13 +213,9 @@ class EngineClient:
         """Keep the KV rows of a shared prefix on the device for every later
         prompt that starts with it ([] drops it).  Returns tokens, seconds
         and reused_tokens.  A restarted worker pins it again."""
-        self.ensure_open()
-        self._send("pin_prefix", {"ids": list(ids)})
-        ev, payload = self._recv()
-        if ev == "error":
-            self._raise_error(payload)
+        result = self._call(P.PinPrefix(list(ids)))
         self._pinned = list(ids)
-        return payload
+        return result
 
     def generate(
         self, ids: Sequence[int], max_new_tokens: int = 256, stop_ids: Sequence[int] = (),
@@ -223,73 +229,64 @@ class EngineClient:
         self.ensure_open()
         if not self._alive():
             raise TpuchatError("no model is open")
-        request = {"ids": list(ids), "max_new_tokens": max_new_tokens, "stop_ids": list(stop_ids),
-                   "sampling": sampling, "reuse": reuse, "image": image, "image_pos": image_pos}
+        request = P.Generate(list(ids), max_new_tokens, list(stop_ids), sampling, reuse, image, image_pos)
         by_digest = image is not None and image.digest == self._worker_image
         if by_digest:  # the worker holds it: do not send megabytes of pixels again
-            request["image"] = dataclasses.replace(image, pixel_values=b"")
-        self._gen += 1
-        gen = self._gen
-        self._send("generate", dict(request, gen=gen))
-        if image is not None:
-            self._worker_image = image.digest
+            request.image = dataclasses.replace(image, pixel_values=b"")
+        self._send_generate(request)
         finished = False
+        arrivals = []  # when this process got each token: the host path ends here
         try:
             while True:
-                ev, payload = self._recv()
-                if ev == "error":
+                ev = self._recv()
+                if isinstance(ev, P.Failed):
                     finished = True
                     if image is not None:
                         self._worker_image = None  # the image may not have been set
-                    if by_digest and payload[0] == "ImageNotHeld":
+                    if by_digest and ev.kind == "ImageNotHeld":
                         # It forgot the image (reopened, switched bmodels): send the pixels.
                         by_digest = False
-                        request["image"] = image
-                        self._gen += 1
-                        gen = self._gen
-                        self._send("generate", dict(request, gen=gen))
-                        self._worker_image = image.digest
+                        request.image = image
+                        self._send_generate(request)
                         finished = False
                         continue
-                    self._raise_error(payload)
-                tag, value = payload
-                if tag != gen:
+                    raise ev.exception()
+                if not isinstance(ev, (P.Token, P.Done)) or ev.gen != request.gen:
                     continue  # left over from an abandoned generation
-                if ev == "token":
-                    yield TokenEvent(value)
-                elif ev == "done":
+                if isinstance(ev, P.Token):
+                    arrivals.append(time.monotonic())
+                    yield TokenEvent(ev.id)
+                else:
                     finished = True
-                    yield DoneEvent(value)
+                    _whole_host_path(ev.stats, arrivals)
+                    yield DoneEvent(ev.stats)
                     return
         finally:
             if not finished and self._alive():
                 try:
-                    self._send("cancel", {})
+                    self._send(P.Cancel())
                 except TpuchatError:
                     pass
 
+    def _send_generate(self, request: P.Generate) -> None:
+        self._gen += 1
+        request.gen = self._gen
+        self._send(request)
+        if request.image is not None:
+            self._worker_image = request.image.digest
+
     def forced_picks(self, ids: Sequence[int], continuation: Sequence[int]) -> list:
         """The model's greedy pick after the prompt and after each forced token."""
-        self.ensure_open()
-        self._send("forced_picks", {"ids": list(ids), "continuation": list(continuation)})
-        ev, payload = self._recv()
-        if ev == "error":
-            self._raise_error(payload)
-        return payload
+        return self._call(P.ForcedPicks(list(ids), list(continuation)))
 
     def image_states(self) -> list:
         """The worker's held image states (vit output) as floats."""
-        self.ensure_open()
-        self._send("image_states", {})
-        ev, payload = self._recv()
-        if ev == "error":
-            self._raise_error(payload)
-        return payload
+        return self._call(P.ImageStates())
 
     def cancel(self) -> None:
         """Stop the running generation within one token (a done event follows)."""
         if self._alive():
-            self._send("cancel", {})
+            self._send(P.Cancel())
 
     @property
     def pid(self) -> Optional[int]:
@@ -298,7 +295,7 @@ class EngineClient:
     def close(self) -> None:
         if self._alive():
             try:
-                self._conn.send(("close", {}))
+                self._conn.send(P.Close())
                 self._proc.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
                 self._proc.kill()

@@ -3,37 +3,14 @@ and measures first-token latency, tokens/s and the device/host split."""
 
 import os
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from ..errors import ImageError, ImageNotHeld, PromptTooLong, TpuchatError
-from .binding import Model, ModelDesc, load_runtime
+from .binding import Model, load_runtime
+from .protocol import GenerationStats, ModelDesc
 from .bmodel_file import check_bmodel_file
 from .image_inputs import ImageInputs
 from .libfind import RuntimeLocation, find_runtime
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    ftl_s: float = 0.0  # prompt in -> first token out (the prefill call)
-    decode_s: float = 0.0  # wall time of all decode steps
-    tokens_per_s: float = 0.0  # decode steps per second
-    device_ms_per_token: float = 0.0  # per decode step, inside runtime calls
-    host_us_per_token: float = 0.0  # per decode step, everything else (shim + Python)
-    prefill_device_s: float = 0.0
-    reused_tokens: int = 0  # prompt tokens whose KV rows were already cached
-    launches_per_token: float = 0.0
-    copies_per_token: float = 0.0
-    stop_reason: str = ""  # eos | max_tokens | context_full | cancelled
-    bmodel: str = ""  # with --model a,b: the member that answered (file name)
-    switch_s: float = 0.0  # time spent loading that member before this answer (0: it was loaded)
-    vit_s: float = 0.0  # time of the vit run for this answer's image (0: the held image was reused)
-    image_reused: bool = False  # the image K/V already on the device served this answer
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Engine:
@@ -201,8 +178,9 @@ class Engine:
         st.ftl_s = clock() - t0
         st.prefill_device_s = model.last_timing()[1] / 1e6
         st.reused_tokens = model.last_reused()
-        device_us = host_us = launches = copies = 0.0
+        device_us = launches = copies = 0.0
         steps = 0
+        loop_start = loop_end = 0.0  # first decode call to the end of the last: the worker's whole loop
         kv_len = self.model_kv_len()
         while True:
             if token in stops:
@@ -220,19 +198,23 @@ class Engine:
                 st.stop_reason = "context_full"
                 break
             t = clock()
+            if not steps:
+                loop_start = t
             token = model.decode(token)
-            wall = clock() - t
+            loop_end = clock()
             _, dev, _, n_launch, n_copy = model.last_timing()
             steps += 1
-            st.decode_s += wall
+            st.decode_s += loop_end - t
             device_us += dev
-            host_us += wall * 1e6 - dev
             launches += n_launch
             copies += n_copy
         if steps:
             st.tokens_per_s = steps / st.decode_s if st.decode_s > 0 else 0.0
             st.device_ms_per_token = device_us / steps / 1e3
-            st.host_us_per_token = host_us / steps
+            # Host time of a step: the decode call outside the device, and the
+            # loop around it (yield to the worker, its send, the cancel poll).
+            st.worker_host_us_per_token = ((loop_end - loop_start) * 1e6 - device_us) / steps
+            st.host_us_per_token = st.worker_host_us_per_token  # the client adds the pipe and itself
             st.launches_per_token = launches / steps
             st.copies_per_token = copies / steps
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ..paths import state_dir
+from ..paths import runtime_checks_path
 from .libfind import bmrt_library
 
 
@@ -28,7 +28,7 @@ def _key(lib_dir) -> Optional[str]:
 
 
 def _file() -> Path:
-    return state_dir() / "runtime-checks.json"
+    return runtime_checks_path()
 
 
 def _read() -> dict:

@@ -77,11 +77,8 @@ def check_bind(host: str, api_key: Optional[str], insecure: bool) -> None:
     )
 
 
-def model_can_sample(desc: dict) -> bool:
-    if "can_sample" in desc:
-        return bool(desc["can_sample"])
-    heads = desc.get("heads") or []
-    return desc.get("lm_head") == "logits" or "sample_head" in heads or "penalty_sample_head" in heads
+def model_can_sample(desc) -> bool:
+    return desc.can_sample
 
 
 # -- server ----------------------------------------------------------------------------------------
@@ -161,7 +158,7 @@ class ApiServer(ThreadingHTTPServer):
         from .images import load_image_url
 
         model = self.model
-        if not model.desc.get("has_vision"):
+        if not model.desc.has_vision:
             raise P.bad(f"the model {self.model_id} is text-only: it cannot take images; send text only",
                         "messages", "vision_unsupported")
         last = max(i for i, m in enumerate(messages) if "image_url" in m)
@@ -338,7 +335,7 @@ class Handler(BaseHTTPRequestHandler):
         if srv.scheduler is None:
             raise P.ApiError(503, "the model is still loading", "server_error")
         engines = [{"devices": e["devices"], "state": e["state"]} for e in srv.scheduler.status()["engines"]]
-        return {"id": srv.model_id, "model": srv.model.desc, "can_sample": srv.can_sample, "engines": engines}
+        return {"id": srv.model_id, "model": srv.model.desc.to_dict(), "can_sample": srv.can_sample, "engines": engines}
 
     def do_OPTIONS(self):
         self._error(P.ApiError(405, "method not allowed"))
@@ -391,7 +388,7 @@ class Handler(BaseHTTPRequestHandler):
         """Check the prompt fits, queue it, and answer with stream(job, req, n) or complete(...)."""
         srv = self.server
         desc = srv.model.desc
-        seq_len, kv_len = desc["seq_len"], desc["kv_len"]
+        seq_len, kv_len = desc.seq_len, desc.kv_len
         limit = min(seq_len, kv_len - 1)
         if not ids:
             raise P.bad("the prompt is empty after tokenization", param, "invalid_value")
@@ -463,7 +460,7 @@ class Handler(BaseHTTPRequestHandler):
                         finish = "stop"
                         self.server.scheduler.cancel(job, "stop")
             elif isinstance(ev, Finished):
-                stats = dict(ev.stats, token_ids=list(ev.token_ids))
+                stats = dict(ev.stats.to_dict(), token_ids=list(ev.token_ids))
                 if matcher is not None and not matcher.stopped:
                     rest = matcher.flush()
                     if rest:
@@ -598,8 +595,8 @@ def open_engines(model_path: str, groups: Sequence[Sequence[int]], lib_dir: Opti
                  tokenizer_dir: Optional[str], shared_prefix: Optional[str], say: Callable[[str], None]) -> list:
     """One ChatModel (engine worker process) per device group, opened in parallel; each engine
     logs to its own file.  The one place that knows how engines are made (tests pass their own)."""
-    from ..chat.session import ChatModel
-    from ..paths import state_dir
+    from ..chat.session import ModelSpec, open_chat_model
+    from ..paths import engine_log_path
     from ..runtime.client import EngineClient
 
     models: list = [None] * len(groups)
@@ -607,12 +604,13 @@ def open_engines(model_path: str, groups: Sequence[Sequence[int]], lib_dir: Opti
 
     def open_one(i):
         try:
-            log_path = state_dir() / ("engine.log" if len(groups) == 1 else
-                                      f"engine-dev{'-'.join(map(str, groups[i]))}.log")
-            m = ChatModel(model_path, groups[i], lib_dir, tokenizer_dir, client=EngineClient(log_path))
-            models[i] = m
+            log_path = engine_log_path()
+            if len(groups) > 1:
+                log_path = log_path.with_name(f"engine-dev{'-'.join(map(str, groups[i]))}.log")
+            spec = ModelSpec(model_path, groups[i], lib_dir, tokenizer_dir, shared_prefix or None)
+            m = models[i] = open_chat_model(spec, client=EngineClient(log_path))
             if shared_prefix:
-                p = m.pin_system_prefix(shared_prefix)
+                p = m.pinned
                 if i == 0:
                     say(f"tpuchat serve: shared prefix of {p['tokens']} tokens kept on the device "
                         f"(computed in {p['seconds']:.2f} s); requests without a system message get it")
@@ -663,11 +661,11 @@ def serve(model_path: str, devids: Sequence = (0,), lib_dir: Optional[str] = Non
         d = srv.model.desc
         engines = f"{len(models)} engines (devices {' | '.join(labels)})" if len(models) > 1 else \
             f"devices {labels[0]}"
-        say(f"tpuchat serve: model {srv.model_id} (prefill {d['seq_len']}, KV {d['kv_len']}, "
+        say(f"tpuchat serve: model {srv.model_id} (prefill {d.seq_len}, KV {d.kv_len}, "
             f"{'can sample' if srv.can_sample else 'greedy only'}); {engines}; "
             f"auth {'on' if srv.api_key else 'off'}; queue {max_waiting}"
             + (f"; images {'from data: URLs and ' + srv.image_dir if srv.image_dir else 'from data: URLs'}"
-               if d.get("has_vision") else ""))
+               if d.has_vision else ""))
         say(f"tpuchat serve: listening on {srv.url}")
 
         def _term(signum, frame):

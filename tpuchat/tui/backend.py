@@ -3,7 +3,10 @@ tests can hand the app a scripted engine instead of the real one."""
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+
+if TYPE_CHECKING:
+    from ..runtime.protocol import ModelDesc
 
 
 class Backend:
@@ -14,19 +17,12 @@ class Backend:
         self.lib_dir = lib_dir
         self.tokenizer_dir = tokenizer_dir
         self.shared_prefix = shared_prefix  # system prompt kept on the device for every conversation
-        self._desc_cache: Dict[str, dict] = {}
+        self._desc_cache: Dict[str, "ModelDesc"] = {}
 
     def open_model(self, path: str, devids: Sequence[int]):
-        from ..chat.session import ChatModel
+        from ..chat.session import ModelSpec, open_chat_model
 
-        model = ChatModel(path, list(devids), self.lib_dir, self.tokenizer_dir)
-        if self.shared_prefix:
-            try:
-                model.pin_system_prefix(self.shared_prefix)
-            except Exception:
-                model.close()
-                raise
-        return model
+        return open_chat_model(ModelSpec(path, list(devids), self.lib_dir, self.tokenizer_dir, self.shared_prefix))
 
     def devices(self, model=None) -> dict:
         """{kind, path, count, devices: [{devid, mem_total_mb, mem_used_mb, tpu_util}]}"""
@@ -38,7 +34,7 @@ class Backend:
         with EngineClient() as c:
             return c.devices(self.lib_dir)
 
-    def describe(self, path: str) -> dict:
+    def describe(self, path: str) -> "ModelDesc":
         """What the runtime reads from the bmodel (opens it on device 0 in a short-lived worker)."""
         key = str(Path(path).resolve())
         if key not in self._desc_cache:
@@ -93,7 +89,7 @@ class FakeBackend(Backend):
     """For tests and demos: models are FakeModel instances from a factory."""
 
     def __init__(self, factory: Callable[[str, Sequence[int]], object], devices: Optional[dict] = None,
-                 descs: Optional[Dict[str, dict]] = None, open_error: Optional[Exception] = None):
+                 descs: Optional[Dict[str, "ModelDesc"]] = None, open_error: Optional[Exception] = None):
         super().__init__()
         self.factory = factory
         self._devices = devices or {
@@ -114,7 +110,7 @@ class FakeBackend(Backend):
     def devices(self, model=None) -> dict:
         return self._devices
 
-    def describe(self, path: str) -> dict:
+    def describe(self, path: str) -> "ModelDesc":
         from .fake import fake_desc
 
         return self.descs.get(path) or fake_desc(Path(path).name)
@@ -124,4 +120,4 @@ class FakeBackend(Backend):
 
     def file_facts(self, path: str) -> dict:
         d = self.describe(path)
-        return {"size": d.get("file_size", 0), "chip": "BM1684X", "toolchain": "1.30.2", "error": None}
+        return {"size": d.file_size, "chip": "BM1684X", "toolchain": "1.30.2", "error": None}

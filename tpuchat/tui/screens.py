@@ -14,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, SelectionList, Static, Switch, TextArea
 
 from .. import config as cfg
+from .commands import help_rows
 
 KEYS = [
     ("Enter", "send the message"),
@@ -35,22 +36,7 @@ KEYS = [
     ("Ctrl+Q", "quit"),
 ]
 
-COMMANDS = [
-    ("/new", "start a new conversation"),
-    ("/clear", "forget this conversation's messages"),
-    ("/model [PATH]", "pick or open a model (the conversation is kept)"),
-    ("/devices [IDS]", "pick devices, or open on e.g. 2,3"),
-    ("/system [TEXT]", "set (or clear) the system prompt of this conversation"),
-    ("/set KEY=VALUE …", "sample=on temperature=0.7 top_p=0.9 top_k=40 repetition_penalty=1.1 max_new_tokens=256 seed=1"),
-    ("/settings", "open the settings screen"),
-    ("/retry", "answer the last message again"),
-    ("/rename TITLE", "rename this conversation"),
-    ("/export [md|json] [PATH]", "write this conversation to Markdown and/or JSON"),
-    ("/copy", "copy the last answer"),
-    ("/image [PATH|off]", "attach an image to the next message (a picker without PATH; off removes it)"),
-    ("/help", "this screen"),
-    ("/quit", "leave"),
-]
+COMMANDS = help_rows()  # (usage, help) of every slash command, from commands.COMMANDS
 
 
 def human_size(n: int) -> str:
@@ -122,20 +108,36 @@ class Confirm(ModalScreen):
         self.dismiss(False)
 
 
-def describe_lines(desc: dict, tokenizer: Optional[str]) -> str:
-    devs = desc.get("num_device", 1)
+def vocab_text(desc, tokenizer: Optional[str]) -> str:
+    """A top-1 build never hands the logits to the host, so the shim cannot see
+    the vocabulary: take it from the model's config.json, else say n/a."""
+    if desc.vocab_size:
+        return str(desc.vocab_size)
+    if tokenizer:
+        try:
+            import json
+
+            n = json.loads((Path(tokenizer) / "config.json").read_text()).get("vocab_size")
+            if isinstance(n, int) and n > 0:
+                return f"{n} (config.json)"
+        except (OSError, ValueError, AttributeError):
+            pass
+    return "n/a"
+
+
+def describe_lines(desc, tokenizer: Optional[str]) -> str:
+    devs = desc.num_device
     lines = [
-        f"[b]{escape(Path(desc.get('path', '')).name)}[/b]",
-        f"quantisation [b]{escape(str(desc.get('quantization', '?')))}[/b] · dtype {desc.get('dtype', '?')} · "
-        f"{desc.get('num_layers', '?')} layers · hidden {desc.get('hidden_size', '?')}",
-        f"prefill S [b]{desc.get('seq_len', '?')}[/b] · KV L [b]{desc.get('kv_len', '?')}[/b] · "
-        f"{'dynamic' if desc.get('dynamic') else 'static'} · vocab {desc.get('vocab_size', '?')}",
-        f"needs [b]{devs}[/b] device{'s' if devs != 1 else ''} · lm_head {desc.get('lm_head', '?')}"
-        + (" · can sample" if desc.get("lm_head") == "logits" or any("sample" in h for h in desc.get("heads", []))
-           else " · greedy only"),
-        f"size {human_size(desc.get('file_size', 0))} · toolchain {escape(str(desc.get('toolchain') or '?'))}",
-    ] + ([f"vision: images as {desc.get('vision_tiles', '?')} tiles of {desc.get('image_size', '?')} px"]
-         if desc.get("has_vision") else []) + [
+        f"[b]{escape(desc.name)}[/b]",
+        f"quantisation [b]{escape(str(desc.quantization))}[/b] · dtype {desc.dtype} · "
+        f"{desc.num_layers} layers · hidden {desc.hidden_size}",
+        f"prefill S [b]{desc.seq_len}[/b] · KV L [b]{desc.kv_len}[/b] · "
+        f"{'dynamic' if desc.dynamic else 'static'} · vocab {vocab_text(desc, tokenizer)}",
+        f"needs [b]{devs}[/b] device{'s' if devs != 1 else ''} · lm_head {desc.lm_head}"
+        + (" · can sample" if desc.can_sample else " · greedy only"),
+        f"size {human_size(desc.file_size)} · toolchain {escape(str(desc.toolchain or '?'))}",
+    ] + ([f"vision: images as {desc.vision_tiles} tiles of {desc.image_size} px"]
+         if desc.has_vision else []) + [
         ("tokenizer: [green]" + escape(tokenizer) + "[/]") if tokenizer else "tokenizer: [red]not found[/] "
         "(put it in config/ beside the bmodel or pass --tokenizer)",
     ]
@@ -327,6 +329,8 @@ class SettingsScreen(ModalScreen):
         self.settings = settings
         self.config_file = config_file
         self.can_sample = can_sample
+        self._error = False  # an error is on the hint line
+        self.more_below = False  # the form's end is out of view (the hint is shown)
 
     def compose(self) -> ComposeResult:
         s = self.settings
@@ -345,6 +349,8 @@ class SettingsScreen(ModalScreen):
                     with Horizontal(classes="row"):
                         yield Label(label, classes="field-label")
                         yield Input(str(getattr(s, name)), id=f"set-{name}", classes="field")
+            # The form is cut on small terminals: this line says so until its end is in view
+            # (the line errors are shown on, so the buttons stay on a 24-row screen).
             yield Static("", id="settings-error")
             with Horizontal(classes="buttons"):
                 yield Button("This chat", id="conversation", variant="primary")
@@ -353,17 +359,39 @@ class SettingsScreen(ModalScreen):
             if self.config_file:
                 yield Label("Default saves to " + escape(self.config_file), classes="dialog-hint")
 
+    def on_mount(self) -> None:
+        form = self.query_one("#settings-form", VerticalScroll)
+        self.watch(form, "scroll_y", lambda _: self._more_hint(), init=False)
+        self.call_after_refresh(self._more_hint)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._more_hint)
+
+    MORE = "[dim]▼ more settings below: scroll, or Tab to them[/]"
+
+    def _more_hint(self) -> None:
+        form = self.query_one("#settings-form", VerticalScroll)
+        line = self.query_one("#settings-error", Static)
+        if self._error:
+            return
+        self.more_below = form.scroll_y < form.max_scroll_y
+        line.update(self.MORE if self.more_below else "")
+
+    def _show_error(self, text: str) -> None:
+        self._error = True
+        self.query_one("#settings-error", Static).update(f"[b red]{escape(text)}[/]")
+
     def _collect(self) -> Optional[cfg.Settings]:
         try:
             values = {name: cfg.coerce(name, self.query_one(f"#set-{name}", Input).value) for name, _ in self.FIELDS}
         except ValueError as e:
-            self.query_one("#settings-error", Static).update(f"[b red]{escape(str(e))}[/]")
+            self._show_error(str(e))
             return None
         s = replace(self.settings, system_prompt=self.query_one("#set-system", TextArea).text,
                     sample=self.query_one("#set-sample", Switch).value, **values)
         problem = cfg.validate(s)
         if problem:
-            self.query_one("#settings-error", Static).update(f"[b red]{escape(problem)}[/]")
+            self._show_error(problem)
             return None
         return s
 

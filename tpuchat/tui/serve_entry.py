@@ -12,7 +12,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer")
     ap.add_argument("--libsophon")
     a = ap.parse_args(argv)
-    from ..cli import parse_devids
+    from ..options import parse_devids
     from . import run_tui
 
     return run_tui(a.model, parse_devids(a.devid), a.libsophon, a.tokenizer)

@@ -11,32 +11,14 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message as TMessage
 from textual.widgets import Input, Label, ListItem, ListView, Markdown, Static, TextArea
 
+from ..chat.statsline import format_stats
 from .markdown_stream import StreamingMarkdown
 
 
-def fmt_stats(stats: dict, stopped: bool = False, error: Optional[str] = None, model: Optional[str] = None,
+def fmt_stats(stats, stopped: bool = False, error: Optional[str] = None, model: Optional[str] = None,
               live: bool = False) -> str:
-    parts = []
-    if stats.get("ftl_s") is not None:
-        parts.append(f"FTL {stats['ftl_s']:.2f} s")
-    if stats.get("reused_tokens") and not live:
-        parts.append(f"{stats['reused_tokens']}/{stats.get('prompt_tokens', '?')} prompt tokens cached")
-    if stats.get("tokens_per_s") is not None:
-        parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
-    if stats.get("new_tokens") is not None:
-        parts.append(f"{stats['new_tokens']} tokens")
-    reason = stats.get("stop_reason")
-    if error:
-        parts.append(f"[b red]failed[/]: {escape(error)}")
-    elif reason == "cancelled" or (stopped and not live and reason != "context_full"):
-        parts.append("[b yellow]stopped[/]")
-    elif reason == "context_full":
-        parts.append("[b yellow]context full[/] (/clear to start over)")
-    elif reason == "max_tokens":
-        parts.append("max tokens")
-    if model and not live:
-        parts.append(escape(model))
-    return " · ".join(parts)
+    """An answer's footer line, in the one stats wording (chat/statsline.py)."""
+    return format_stats(stats, "footer", stopped, error, model, live)
 
 
 class MessageBox(Vertical):
