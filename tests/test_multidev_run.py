@@ -110,7 +110,7 @@ def test_prefill_across_devices_gives_transformers_first_token(fakedev, two_dev,
     try:
         with EngineClient(tmp_path / "engine.log") as c:
             desc = c.open(str(two_dev), devids, sim_lib)
-            assert desc["num_device"] == 2
+            assert desc.num_device == 2
             got = [e.id for e in c.generate(PROMPT, max_new_tokens=1) if isinstance(e, TokenEvent)]
     finally:
         os.environ.clear()

@@ -109,14 +109,36 @@ def test_wizardcoder_nets_are_the_pipelines():
     assert io(nets.net("lm_head")) == ([("f32", [1, HIDDEN])], [("int32", [1, 1])])
 
 
-@pytest.mark.parametrize("variant", ["seed-sophon-demo", "seed-sophon-demo-basic", "seed-qwen-tpu",
-                                     "seed-wizardcoder"])
+CONVENTION = {  # what `tpuchat info` names each layout
+    "seed-sophon-demo": "llm_convert names, 5-input penalty_sample_head (sophon-demo / LLM-TPU)",
+    "seed-sophon-demo-basic": "llm_convert names, 5-input penalty_sample_head (sophon-demo / LLM-TPU)",
+    "seed-qwen-tpu": "Qwen-TPU (qwen_block, 2-stage embedding)",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(CONVENTION))
 def test_greedy_ids_equal_transformers(variant, open_variant):
-    client, _ = open_variant(variant)
+    client, desc = open_variant(variant)
     ids = prompt_ids(variant)
     got, stats = generate(client, ids, 10)
     assert got == models.reference_greedy(variant, [ids], 10)[0]
-    assert stats["new_tokens"] == 10
+    assert stats.new_tokens == 10
+    assert desc.convention == CONVENTION[variant]
+
+
+def test_wizardcoder_is_recognised_and_refused_in_one_line(sim_lib, build, engine_log):
+    """Its sliding combined past_cache is not run yet: opening it must say so in one line
+    (naming the layout), not crash or answer wrongly.  The fixture and its reference are
+    ready for the day it runs (seed_replay.py checks the layout against transformers)."""
+    from tpuchat.errors import TpuchatError
+    from tpuchat.runtime.client import EngineClient
+
+    build("seed-wizardcoder")
+    with EngineClient(engine_log) as c:
+        with pytest.raises(TpuchatError) as e:
+            c.open(str(models.bmodel_path("seed-wizardcoder")), [0], sim_lib)
+    msg = str(e.value)
+    assert "\n" not in msg and "WizardCoder layout" in msg and "does not run yet" in msg
 
 
 def test_sampling_through_the_five_input_penalty_head(open_variant):
@@ -127,7 +149,7 @@ def test_sampling_through_the_five_input_penalty_head(open_variant):
     s = {"sample": True, "temperature": 1.0, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 3}
     a, stats = generate(client, ids, 8, s)
     b, _ = generate(client, ids, 8, s)
-    assert len(a) == 8 and stats["stop_reason"] == "max_tokens"
+    assert len(a) == 8 and stats.stop_reason == "max_tokens"
     assert a == b
     assert all(0 <= t < VOCAB for t in a)
     # the greedy path still matches after sampling ran on the same engine
