@@ -80,13 +80,13 @@ def test_turn_by_turn_equals_full_reprefill(open_variant, variant, appends):
     c, _ = open_variant(variant)
     turn1 = PROMPT + [7, 8]
     a1, s1 = gen(c, turn1, 4)
-    assert s1["reused_tokens"] == 0
+    assert s1.reused_tokens == 0
     turn2 = turn1 + a1 + [9, 10, 11]  # the next turn's prompt repeats the answer
     a2, s2 = gen(c, turn2, 4)
     # Every fed token stays cached; the last answer token was never fed.
-    assert s2["reused_tokens"] == len(turn1) + len(a1) - 1
+    assert s2.reused_tokens == len(turn1) + len(a1) - 1
     fresh, s_fresh = gen(c, turn2, 4, reuse=False)
-    assert s_fresh["reused_tokens"] == 0
+    assert s_fresh.reused_tokens == 0
     assert a2 == fresh == models.reference_greedy(variant, [turn2], 4)[0]
 
 
@@ -130,16 +130,16 @@ def test_a_pinned_prefix_is_reused_after_other_prompts(open_variant, variant):
     assert pinned["tokens"] == len(doc)
     q1 = doc + [7, 8, 9]
     out1, s1 = gen(c, q1, 3)
-    assert s1["reused_tokens"] == len(doc)
+    assert s1.reused_tokens == len(doc)
     gen(c, PROMPT, 3)  # another conversation takes the cache
     q2 = doc + [11, 12]
     out2, s2 = gen(c, q2, 3)
-    assert s2["reused_tokens"] == len(doc)
+    assert s2.reused_tokens == len(doc)
     assert [out1, out2] == models.reference_greedy(variant, [q1, q2], 3)
     c.pin_prefix([])  # dropped: the next question after another prompt starts afresh
     gen(c, PROMPT, 1)
     _, s3 = gen(c, q2, 3)
-    assert s3["reused_tokens"] == 0
+    assert s3.reused_tokens == 0
 
 
 def test_a_prefix_that_fills_the_context_is_refused(open_variant):

@@ -86,15 +86,15 @@ def test_bmodel_description(open_variant):
 
 def test_description_of_other_builds(open_variant):
     _, d = open_variant("qwen2-sample")
-    assert d["lm_head"] == "logits" and d["vocab_size"] > 0 and "greedy_head" in d["heads"]
+    assert d.lm_head == "logits" and d.vocab_size > 0 and "greedy_head" in d.heads
     _, d = open_variant("qwen2-dynamic")
-    assert d["dynamic"]
+    assert d.dynamic
     _, d = open_variant("qwen2-maxinput")
-    assert d["seq_len"] == 64 and d["kv_len"] == 256
+    assert d.seq_len == 64 and d.kv_len == 256
     _, d = open_variant("qwen2-f16")
-    assert d["dtype"] == "f16"
+    assert d.dtype == "f16"
     _, d = open_variant("qwen2-history")
-    assert d["block_kv"]
+    assert d.block_kv
 
 
 def test_prompt_of_one_token(open_variant):

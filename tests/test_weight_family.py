@@ -56,16 +56,16 @@ def test_shortest_member_that_fits_answers_and_tokens_equal_transformers(family,
     assert safe >= 20
 
     short, st = gen(c, PROMPT, 20)  # 25 + 20 fits 128
-    assert st["bmodel"] == models.bmodel_path(SHORT).name
+    assert st.bmodel == models.bmodel_path(SHORT).name
     assert short == ref[:20]
 
     long_, st = gen(c, PROMPT, 150)  # 25 + 150 needs the 256 one: a switch
-    assert st["bmodel"] == models.bmodel_path(LONG).name and st["switch_s"] > 0
+    assert st.bmodel == models.bmodel_path(LONG).name and st.switch_s > 0
     assert long_[:safe] == ref[:safe]
 
     back, st = gen(c, PROMPT, 20)  # and back again
-    assert st["bmodel"] == models.bmodel_path(SHORT).name and st["switch_s"] > 0
-    assert st["reused_tokens"] == 0  # a switch starts from an empty cache
+    assert st.bmodel == models.bmodel_path(SHORT).name and st.switch_s > 0
+    assert st.reused_tokens == 0  # a switch starts from an empty cache
     assert back == ref[:20]
 
     single, _ = open_variant(LONG)  # the 256 member alone, token for token
@@ -75,7 +75,7 @@ def test_shortest_member_that_fits_answers_and_tokens_equal_transformers(family,
 def test_family_tokens_equal_the_single_bmodel_run(family, open_variant):
     c, _ = family
     fam_tokens, st = gen(c, PROMPT, 20)
-    assert st["bmodel"] == models.bmodel_path(SHORT).name
+    assert st.bmodel == models.bmodel_path(SHORT).name
     single, _ = open_variant(SHORT)
     assert gen(single, PROMPT, 20)[0] == fam_tokens
 
