@@ -121,7 +121,7 @@ def test_a_runtime_that_stacks_the_weights_is_caught_and_each_member_loads_whole
     def reopen():
         again = EngineClient(engine_log)
         try:
-            return again.open(pair(LONG, SHORT), [0], sim_lib)["family"]
+            return again.open(pair(LONG, SHORT), [0], sim_lib).family
         finally:
             again.close()
 
