@@ -137,6 +137,7 @@ typedef struct {
   tpc_timing timing;
   double call_start, device_us;
   double cost_decode_us, cost_prefill_us[8];
+  int append_policy; /* TPC_APPEND_* */
 } shim_stats;
 
 /* Multi-device (num_device > 1): per-net layout plans, KV shares. */

@@ -243,6 +243,14 @@ static int append(tpc_model *m, const int *ids, int from, int n, int *next_token
   return rc;
 }
 
+int tpc_set_append_policy(tpc_model *m, int policy) {
+  if (!m) return TPC_E_ARG;
+  if (policy != TPC_APPEND_BY_COST && policy != TPC_APPEND_ALWAYS)
+    return fail(m, TPC_E_ARG, "unknown append policy %d", policy);
+  m->stats.append_policy = policy;
+  return TPC_OK;
+}
+
 int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
   if (!m) return TPC_E_ARG;
   tpc_desc *d = &m->d;
@@ -266,7 +274,8 @@ int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
    * the same whatever the length.  Pick the cheaper by measured costs. */
   int fresh_len = n <= d->seq_len ? n : d->seq_len;
   double cost_fresh = prefill_cost(m, fresh_len) + (double)(n - fresh_len) * decode_cost(m);
-  int use_append = lcp > 0 && (d->has_block_kv || (double)(n - lcp) * decode_cost(m) < cost_fresh);
+  int use_append = lcp > 0 && (d->has_block_kv || m->stats.append_policy == TPC_APPEND_ALWAYS ||
+                                (double)(n - lcp) * decode_cost(m) < cost_fresh);
   if (m->vis.want_img_pos >= fresh_len && !use_append)
     return fail(m, TPC_E_ARG, "the image token at position %d must lie within the first %d tokens (the prefill length)",
                 m->vis.want_img_pos, fresh_len);

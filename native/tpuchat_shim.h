@@ -125,6 +125,13 @@ int tpc_prefill(tpc_model *m, const int *ids, int n, int *next_token);
  * seq_len).  n may exceed seq_len up to kv_len when the rest can be
  * appended.  tpc_last_timing().reused tells how many rows were kept. */
 int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token);
+/* How prefill_reuse extends a cached prefix when the bmodel has no
+ * block_kv nets.  BY_COST (the default) appends by decode steps only when the
+ * measured costs say that beats a fresh prefill; ALWAYS keeps the cached rows
+ * whenever it can (deterministic: tests, callers that know their costs). */
+#define TPC_APPEND_BY_COST 0
+#define TPC_APPEND_ALWAYS 1
+int tpc_set_append_policy(tpc_model *m, int policy);
 int tpc_decode(tpc_model *m, int token, int *next_token);
 int tpc_reset(tpc_model *m);
 /* Forget cached rows from `position` on (keeps the rows before it). */

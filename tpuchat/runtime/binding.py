@@ -125,8 +125,12 @@ class Model:
         self._check(self._lib.tpc_prefill(self._m, buf, len(ids), self._next))
         return self._next[0]
 
-    def prefill_reuse(self, ids: Sequence[int]) -> int:
-        """Prefill keeping the cached rows of the common prefix (see the shim)."""
+    def prefill_reuse(self, ids: Sequence[int], always_append: bool = False) -> int:
+        """Prefill keeping the cached rows of the common prefix (see the shim):
+        when appending is cheaper than a fresh prefill by measured costs, or
+        whenever possible with always_append."""
+        self._check(self._lib.tpc_set_append_policy(
+            self._m, self._lib.TPC_APPEND_ALWAYS if always_append else self._lib.TPC_APPEND_BY_COST))
         buf = self._ffi.new("int[]", list(ids))
         self._check(self._lib.tpc_prefill_reuse(self._m, buf, len(ids), self._next))
         return self._next[0]

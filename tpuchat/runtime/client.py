@@ -219,7 +219,7 @@ class EngineClient:
 
     def generate(
         self, ids: Sequence[int], max_new_tokens: int = 256, stop_ids: Sequence[int] = (),
-        sampling: Optional[dict] = None, reuse: bool = True,
+        sampling: Optional[dict] = None, reuse: Union[bool, str] = True,
         image: Optional[ImageInputs] = None, image_pos: Optional[int] = None,
     ) -> Iterator[Union[TokenEvent, DoneEvent]]:
         """Stream one answer (greedy, or sampled with `sampling`: see

@@ -3,7 +3,7 @@ and measures first-token latency, tokens/s and the device/host split."""
 
 import os
 import time
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from ..errors import ImageError, ImageNotHeld, PromptTooLong, TpuchatError
 from .binding import Model, load_runtime
@@ -142,7 +142,7 @@ class Engine:
         stop_ids: Iterable[int] = (),
         should_stop: Optional[Callable[[], bool]] = None,
         sampling: Optional[dict] = None,
-        reuse: bool = True,
+        reuse: Union[bool, str] = True,
         image: Optional[ImageInputs] = None,
         image_pos: Optional[int] = None,
     ) -> Iterator[int]:
@@ -152,7 +152,9 @@ class Engine:
         Model.set_sampling (sample, temperature, top_p, top_k,
         repetition_penalty, penalty_window, seed).  With reuse, the KV rows
         of the longest prefix shared with what is cached are kept and only
-        the rest is computed.  self.stats is complete once the iterator is
+        the rest is computed, when that is cheaper than a fresh prefill by
+        measured costs; reuse="always" keeps them whenever it can (the same
+        tokens either way; tests use it to pin the path); False starts fresh.  self.stats is complete once the iterator is
         exhausted.
 
         image: the conversation's image (vision bmodels), image_pos: the
@@ -174,7 +176,7 @@ class Engine:
         if not reuse:
             model.rewind(0)
         t0 = clock()
-        token = model.prefill_reuse(ids)
+        token = model.prefill_reuse(ids, always_append=reuse == "always")
         st.ftl_s = clock() - t0
         st.prefill_device_s = model.last_timing()[1] / 1e6
         st.reused_tokens = model.last_reused()

@@ -12,7 +12,7 @@ ModelDesc and GenerationStats are the two records every front end reads.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 
 # -- records ---------------------------------------------------------------
@@ -175,7 +175,7 @@ class Generate:
     max_new_tokens: int = 256
     stop_ids: List[int] = field(default_factory=list)
     sampling: Optional[dict] = None
-    reuse: bool = True
+    reuse: Union[bool, str] = True  # True, "always" or False: see Engine.generate
     image: Any = None  # ImageInputs
     image_pos: Optional[int] = None
     gen: int = 0
