@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures import models
+from tests.fixtures.compare import assert_follows_reference
 from tpuchat.runtime import bmodel_nets
 from tpuchat.runtime.client import DoneEvent
 
@@ -147,7 +148,8 @@ def test_sampling_through_the_five_input_penalty_head(open_variant):
     client, _ = open_variant("seed-sophon-demo")
     ids = prompt_ids("seed-sophon-demo")
     s = {"sample": True, "temperature": 1.0, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 3}
-    # From the same state (a fresh prefill each time; after KV reuse these fixtures drift, see below).
+    # From the same state: a fresh prefill each time.  (With reuse the last prompt row would be
+    # recomputed by a decode step, whose bf16 rounding differs a little: a seeded draw may change.)
     a, stats = generate(client, ids, 8, s, reuse=False)
     b, _ = generate(client, ids, 8, s, reuse=False)
     assert len(a) == 8 and stats.stop_reason == "max_tokens"
@@ -157,14 +159,19 @@ def test_sampling_through_the_five_input_penalty_head(open_variant):
     assert generate(client, ids, 4)[0] == models.reference_greedy("seed-sophon-demo", [ids], 4)[0]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, cause not found yet: on the seed-format fixtures a 68-token "
-                   "prompt (a second turn, even fully re-prefilled) decodes wrong from its second token on; the "
-                   "first turn (53 tokens) is right, and so is the same check on the llm_convert fixture")
 @pytest.mark.parametrize("variant", ["seed-sophon-demo", "seed-qwen-tpu"])
 def test_second_turn_decodes_right(variant, open_variant):
+    """A second turn, appended to the cached first one and fully re-prefilled.
+    This 68-token prompt has a near-tie at its second token (transformers' top-2
+    logits 0.002 apart: 299 vs 392) that bf16 flips on these fixtures; the
+    comparison follows the chip's path after such a flip instead of stopping."""
     client, _ = open_variant(variant)
     ids = prompt_ids(variant)
     first = models.reference_greedy(variant, [ids], 10)[0]
     assert generate(client, ids, 10)[0] == first
     turn2 = ids + first + ids[:5]
-    assert generate(client, turn2, 6, reuse=False)[0] == models.reference_greedy(variant, [turn2], 6)[0]
+    appended, stats = generate(client, turn2, 6, reuse="always")
+    assert stats.reused_tokens == len(ids) + len(first) - 1
+    fresh, _ = generate(client, turn2, 6, reuse=False)
+    for got in (appended, fresh):
+        assert_follows_reference(variant, turn2, got)

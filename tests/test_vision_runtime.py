@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures import models
+from tests.fixtures.compare import assert_greedy_matches
 from tpuchat.compiler import build as _build
 from tpuchat.errors import ImageError, TpuchatError
 from tpuchat.runtime.client import DoneEvent, EngineClient, TokenEvent
@@ -116,26 +117,6 @@ def generate(client, ids, image=None, pos=None, n=N_NEW):
         elif isinstance(ev, DoneEvent):
             stats = ev.stats
     return tokens, stats
-
-
-TIE = 0.02  # logit margin below which bf16 rounding may flip transformers' own choice
-
-
-def assert_greedy_matches(device, ref) -> int:
-    """Device tokens == transformers' greedy tokens.  Where transformers' top-2
-    logits are within TIE (a near-tie bf16 may flip), the device may take the
-    runner-up; the continuation then follows another path and is not compared.
-    Returns how many tokens were compared."""
-    assert len(device) == len(ref["ids"])
-    for i, (d, r) in enumerate(zip(device, ref["ids"])):
-        if d != r:
-            assert ref["margins"][i] < TIE and d in ref["top2"][i], (
-                f"token {i}: device {d}, transformers {r} (margin {ref['margins'][i]:.3f})\n"
-                f"device {device}\nreference {ref['ids']}")
-            print(f"[vision] near-tie at token {i} (margin {ref['margins'][i]:.4f}): device took the runner-up",
-                  file=sys.stderr)
-            return i + 1
-    return len(device)
 
 
 def report(what, stats):
