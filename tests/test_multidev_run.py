@@ -97,7 +97,8 @@ def test_cli_refuses_the_2dev_bmodel_in_one_line(fakedev, two_dev, sim_lib, tmp_
 
 
 @pytest.mark.parametrize("devices, devids", [(2, [0, 1]), (4, [2, 3])])
-def test_prefill_across_devices_gives_transformers_first_token(fakedev, two_dev, sim_lib, tmp_path, devices, devids):
+def test_prefill_across_devices_gives_transformers_first_token(fakedev, two_dev, sim_lib, tmp_path, devices, devids,
+                                                                capsys):
     """With the check switched off (TPUCHAT_MULTIDEV_UNCHECKED=1, a diagnostic)
     the multi-device run path prefills on both devices, exchanges the partial
     sums between them and gives transformers' first token; the hidden states
@@ -111,11 +112,20 @@ def test_prefill_across_devices_gives_transformers_first_token(fakedev, two_dev,
         with EngineClient(tmp_path / "engine.log") as c:
             desc = c.open(str(two_dev), devids, sim_lib)
             assert desc.num_device == 2
+            # each device holds half the KV heads and half the cache, and `info` says so
+            assert [(d.devid, d.kv_heads, d.kv_cache_bytes) for d in desc.devices] == \
+                [(i, desc.kv_heads // 2, desc.kv_cache_bytes // 2) for i in devids]
             got = [e.id for e in c.generate(PROMPT, max_new_tokens=1) if isinstance(e, TokenEvent)]
     finally:
         os.environ.clear()
         os.environ.update(saved)
     assert got == ref[:1]
+    from tpuchat.tables import print_model_table
+
+    print_model_table(desc)
+    table = capsys.readouterr().out
+    assert f"device {devids[0]}" in table and f"KV heads 0 of {desc.kv_heads}" in table
+    assert f"device {devids[1]}" in table and f"KV heads 1 of {desc.kv_heads}" in table
     trace = (tmp_path / "trace.txt").read_text().splitlines()
     requested = [x for x in trace if x.startswith("bm_dev_request(")]
     assert any(x.startswith(f"bm_dev_request({devids[0]}) -> 0") for x in requested)

@@ -44,8 +44,12 @@ def print_model_table(desc, show_nets: bool = False) -> None:
         ("devices needed", str(desc.num_device)),
     ]
     rows.append(("vision", _vision_text(desc)))
-    for d in desc.devices:
+    for i, d in enumerate(desc.devices):
         mem = "memory unknown (simulator)" if d.mem_total_mb <= 0 else f"{d.mem_used_mb} / {d.mem_total_mb} MB used"
+        if desc.num_device > 1 and d.kv_heads:
+            first = i * d.kv_heads
+            heads = f"{first}" if d.kv_heads == 1 else f"{first}-{first + d.kv_heads - 1}"
+            mem = f"KV heads {heads} of {desc.kv_heads} ({_mb(d.kv_cache_bytes)}); {mem}"
         rows.append((f"device {d.devid}", mem))
     if rt:
         rows.append(("runtime", f"{rt.kind} {rt.version or ''} at {rt.path}"))

@@ -256,9 +256,11 @@ class Model:
         heads = [h for h in ("greedy_head", "sample_head", "penalty_sample_head") if h in names]
         devices = []
         st = self._ffi.new("tpc_device_stat *")
+        share = max(1, d.num_device)  # the KV heads are split equally (checked by the shim's plan)
         for i in range(len(self.devids)):
             if self._lib.tpc_device_stat_at(self._m, i, st) == 0:
-                devices.append(DeviceStat(st.devid, st.mem_total_mb, st.mem_used_mb, st.tpu_util))
+                devices.append(DeviceStat(st.devid, st.mem_total_mb, st.mem_used_mb, st.tpu_util,
+                                          d.kv_heads // share, d.kv_cache_bytes // share))
         dtype = DTYPE_NAMES.get(d.float_dtype, "?")
         return ModelDesc(
             path=str(file_info.path),

@@ -24,6 +24,10 @@ class DeviceStat:
     mem_total_mb: int
     mem_used_mb: int
     tpu_util: int
+    # This device's share of the model's KV cache: the shim checks at open
+    # that a multi-device bmodel splits the KV heads equally.
+    kv_heads: int = 0
+    kv_cache_bytes: int = 0
 
 
 @dataclass
