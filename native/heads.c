@@ -157,6 +157,37 @@ static bmapi_mem_t decode_token_mem(tpc_model *m) {
   return mem_at(m->net.decode_embed->stages[m->net.decode_stage].input_mems[0], 0, 4);
 }
 
+/* The greedy path of the next token: TPC_HEAD_DEVICE or TPC_HEAD_HOST when
+ * there is a choice (logits lm_head + greedy_head), else 0. */
+static int greedy_path(const tpc_model *m) {
+  if (m->d.lm_head_kind != 2 || !m->net.greedy_head) return 0;
+  const shim_sampler *s = &m->smp;
+  if (s->head_path != TPC_HEAD_AUTO) return s->head_path;
+  if (s->head_us[TPC_HEAD_HOST] <= 0) return TPC_HEAD_HOST; /* cheap to measure anywhere: first */
+  if (s->head_us[TPC_HEAD_DEVICE] <= 0) return TPC_HEAD_DEVICE;
+  return s->head_us[TPC_HEAD_DEVICE] <= s->head_us[TPC_HEAD_HOST] ? TPC_HEAD_DEVICE : TPC_HEAD_HOST;
+}
+
+int tpc_set_head_path(tpc_model *m, int path, double device_us, double host_us) {
+  if (!m) return TPC_E_ARG;
+  if (path != TPC_HEAD_AUTO && path != TPC_HEAD_DEVICE && path != TPC_HEAD_HOST)
+    return fail(m, TPC_E_ARG, "unknown head path %d", path);
+  if (path == TPC_HEAD_DEVICE && !m->net.greedy_head && m->d.lm_head_kind == 2)
+    return fail(m, TPC_E_ARG, "this bmodel has no greedy_head");
+  m->smp.head_path = path;
+  if (device_us > 0) m->smp.head_us[TPC_HEAD_DEVICE] = device_us;
+  if (host_us > 0) m->smp.head_us[TPC_HEAD_HOST] = host_us;
+  return TPC_OK;
+}
+
+int tpc_head_costs(const tpc_model *m, double *device_us, double *host_us, int *next_path) {
+  if (!m || !device_us || !host_us || !next_path) return TPC_E_ARG;
+  *device_us = m->smp.head_us[TPC_HEAD_DEVICE];
+  *host_us = m->smp.head_us[TPC_HEAD_HOST];
+  *next_path = greedy_path(m);
+  return TPC_OK;
+}
+
 /* Run lm_head and choose the next token (greedy on the device when the
  * bmodel can, else sampled or argmax'd); `end` is the number of tokens in
  * the cache including the one just fed (the penalty window's end). */
@@ -178,10 +209,12 @@ int run_head(tpc_model *m, bmapi_mem_t hidden_row, int end, int *tok) {
   int rc = launch(m, lm, in, out);
   if (rc) return rc;
 
+  int path = sample ? 0 : greedy_path(m);
+  double t0 = now_us();
   if (sample && m->net.sample_head && !m->smp.sampling.on_host) {
     token_to_embedding = 0;
     if ((rc = device_sample(m, out[0].device_mem, end, tok))) return rc;
-  } else if (m->d.lm_head_kind == 1 || (!sample && m->net.greedy_head)) {
+  } else if (m->d.lm_head_kind == 1 || path == TPC_HEAD_DEVICE) {
     bmapi_mem_t token_mem = out[0].device_mem;
     if (m->d.lm_head_kind == 2) {
       net_t g = m->net.greedy_head;
@@ -209,6 +242,7 @@ int run_head(tpc_model *m, bmapi_mem_t hidden_row, int end, int *tok) {
     }
     *tok = sample ? host_sample(m, m->smp.logits, end) : best;
   }
+  if (path && m->smp.head_us[path] <= 0) m->smp.head_us[path] = now_us() - t0;
   m->kv.last_token = *tok;
   m->kv.token_on_device = token_to_embedding;
   return TPC_OK;

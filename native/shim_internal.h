@@ -130,6 +130,10 @@ typedef struct {
   int *order;
   float *logits;          /* host copy of the last logits (lm_head kind 2) */
   void *logits_raw;
+  /* Greedy choice after a logits lm_head: greedy_head on the device or the
+   * argmax on the host, whichever measured cheaper (TPC_HEAD_*). */
+  int head_path;
+  double head_us[3];      /* [TPC_HEAD_DEVICE], [TPC_HEAD_HOST]: measured, 0 = not yet */
 } shim_sampler;
 
 /* Timing of the current call and measured costs. */

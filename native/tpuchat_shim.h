@@ -132,6 +132,19 @@ int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token);
 #define TPC_APPEND_BY_COST 0
 #define TPC_APPEND_ALWAYS 1
 int tpc_set_append_policy(tpc_model *m, int policy);
+/* How a greedy token is chosen when lm_head returns logits and a
+ * greedy_head exists: AUTO measures both ways once (the host argmax first:
+ * it costs milliseconds anywhere, while a device head over a large
+ * vocabulary takes ~100 s per call on the simulator) and then keeps the
+ * cheaper; DEVICE and HOST force one.  Same tokens either way.  Known costs
+ * (from an earlier run of this bmodel on this runtime; 0 = unknown) skip the
+ * measuring. */
+#define TPC_HEAD_AUTO 0
+#define TPC_HEAD_DEVICE 1
+#define TPC_HEAD_HOST 2
+int tpc_set_head_path(tpc_model *m, int path, double device_us, double host_us);
+/* The measured costs (0 = not measured) and the path the next greedy token takes. */
+int tpc_head_costs(const tpc_model *m, double *device_us, double *host_us, int *next_path);
 int tpc_decode(tpc_model *m, int token, int *next_token);
 int tpc_reset(tpc_model *m);
 /* Forget cached rows from `position` on (keeps the rows before it). */

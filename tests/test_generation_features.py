@@ -65,6 +65,30 @@ def test_sampling_on_a_top1_build_is_refused_clearly(open_variant):
     assert gen(c, PROMPT, 2)[0]  # greedy still works
 
 
+def test_greedy_head_path_is_chosen_by_measured_cost_and_remembered(sim_lib, build, tmp_path, monkeypatch):
+    """A logits lm_head with a greedy_head: the shim times the host argmax and
+    the device head once each, keeps the cheaper, and the engine remembers
+    both costs per bmodel and runtime so the next open measures nothing.
+    Forcing the host path gives the same tokens."""
+    from tpuchat.runtime import runtime_checks
+    from tpuchat.runtime.client import EngineClient
+
+    monkeypatch.setenv("TPUCHAT_STATE", str(tmp_path / "state"))  # the worker inherits it
+    build("qwen2-sample")
+    bmodel = str(models.bmodel_path("qwen2-sample"))
+    ref = models.reference_greedy("qwen2-sample", [PROMPT], 4)[0]
+    with EngineClient() as c:
+        c.open(bmodel, [0], sim_lib)
+        assert gen(c, PROMPT, 4)[0] == ref  # token 1 on the host, token 2 on the device, then the cheaper
+    device_us, host_us = runtime_checks.head_costs(sim_lib, bmodel)
+    assert device_us > 0 and host_us > 0
+    # Every token by the host argmax (the other sampling tests run greedy_head throughout).
+    monkeypatch.setenv("TPUCHAT_HEAD", "host")
+    with EngineClient() as c:
+        c.open(bmodel, [0], sim_lib)
+        assert gen(c, PROMPT, 4)[0] == ref
+
+
 @pytest.mark.parametrize("bad", [{"top_p": 0.0}, {"temperature": -1.0}, {"top_k": -3}, {"repetition_penalty": 0.0}])
 def test_bad_sampling_settings(open_variant, bad):
     c, _ = open_variant("qwen2-sample")

@@ -209,6 +209,20 @@ class Model:
         t = self._timing
         return t.total_us, t.device_us, t.host_us, t.launches, t.copies
 
+    def set_head_path(self, path: str = "auto", device_us: float = 0.0, host_us: float = 0.0) -> None:
+        """How a greedy token is chosen after a logits lm_head: "auto" (the
+        cheaper by measured cost), "device" (greedy_head) or "host" (argmax)."""
+        code = {"auto": self._lib.TPC_HEAD_AUTO, "device": self._lib.TPC_HEAD_DEVICE,
+                "host": self._lib.TPC_HEAD_HOST}[path]
+        self._check(self._lib.tpc_set_head_path(self._m, code, device_us, host_us))
+
+    def head_costs(self):
+        """(device_us, host_us, next path: "device" | "host" | "") of the greedy choice."""
+        out = self._ffi.new("double[2]")
+        path = self._ffi.new("int *")
+        self._check(self._lib.tpc_head_costs(self._m, out, out + 1, path))
+        return out[0], out[1], {self._lib.TPC_HEAD_DEVICE: "device", self._lib.TPC_HEAD_HOST: "host"}.get(path[0], "")
+
     def last_reused(self) -> int:
         """Cached rows kept by the last prefill_reuse."""
         self._check(self._lib.tpc_last_timing(self._m, self._timing))

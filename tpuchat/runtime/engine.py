@@ -31,6 +31,31 @@ class Engine:
         self.model = Model(str(file_info.path), list(devids))
         self.desc: ModelDesc = self.model.describe(file_info)
         self.stats = GenerationStats()
+        self._init_head_path(str(file_info.path))
+
+    # -- greedy head: device or host, by measured cost ----------------------
+    def _init_head_path(self, bmodel: str) -> None:
+        """Costs measured by an earlier run of this bmodel on this runtime
+        skip the measuring; TPUCHAT_HEAD=device|host forces a path."""
+        from .runtime_checks import head_costs
+
+        self._head_file = bmodel
+        self._head_known = head_costs(self.runtime.path, bmodel)
+        path = os.environ.get("TPUCHAT_HEAD", "auto").strip().lower() or "auto"
+        if path not in ("auto", "device", "host"):
+            raise TpuchatError(f"TPUCHAT_HEAD={path!r}: use auto, device or host")
+        if self.desc.lm_head == "logits" and "greedy_head" in self.desc.heads:
+            self.model.set_head_path(path, *self._head_known)
+
+    def _remember_head_costs(self) -> None:
+        if self.family is not None or not ("greedy_head" in self.desc.heads and self.desc.lm_head == "logits"):
+            return
+        device_us, host_us, _ = self.model.head_costs()
+        if device_us > 0 and host_us > 0 and (device_us, host_us) != self._head_known:
+            from .runtime_checks import remember_head_costs
+
+            remember_head_costs(self.runtime.path, self._head_file, device_us, host_us)
+            self._head_known = (device_us, host_us)
 
     # -- several bmodels of the same weights (--model a,b) -----------------
     def _open_family(self, paths, devids, lib_dir) -> None:
@@ -219,6 +244,7 @@ class Engine:
             st.host_us_per_token = st.worker_host_us_per_token  # the client adds the pipe and itself
             st.launches_per_token = launches / steps
             st.copies_per_token = copies / steps
+        self._remember_head_costs()
 
     def pin_prefix(self, prefix_ids: Sequence[int]) -> dict:
         """Keep the KV rows of a shared prefix on the device (see

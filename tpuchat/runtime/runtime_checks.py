@@ -5,6 +5,12 @@ shared load and falls back to whole loads when the runtime misplaces the
 weights, which costs one wasted load of the first bmodel.  The verdict is
 kept per runtime build (libbmrt's path, size and time) so that later runs
 go straight to whole loads; TPUCHAT_SHARE_WEIGHTS=1 checks again.
+
+Likewise the measured cost of choosing a greedy token on the device
+(greedy_head) and on the host (logits + argmax), per bmodel file on that
+runtime: the shim measures both once and keeps the cheaper, and on the
+simulator a device head over a large vocabulary costs ~100 s a call, which
+no one should pay twice.
 """
 
 from __future__ import annotations
@@ -48,11 +54,43 @@ def share_refused(lib_dir) -> Optional[str]:
 
 
 def remember_share_refused(lib_dir, note: str) -> None:
+    if note:
+        _update(lib_dir, lambda entry: entry.update(share_note=note))
+
+
+def _file_key(bmodel) -> Optional[str]:
+    try:
+        st = Path(bmodel).stat()
+    except OSError:
+        return None
+    return f"{Path(bmodel).resolve()}|{st.st_size}|{int(st.st_mtime)}"
+
+
+def head_costs(lib_dir, bmodel) -> tuple:
+    """(device_us, host_us) measured earlier for this bmodel on this runtime; 0 = unknown."""
+    key, fkey = _key(lib_dir), _file_key(bmodel)
+    entry = _read().get(key) if key else None
+    costs = entry.get("head_costs", {}).get(fkey) if isinstance(entry, dict) and fkey else None
+    try:
+        return float(costs[0]), float(costs[1])
+    except (TypeError, ValueError, IndexError):
+        return 0.0, 0.0
+
+
+def remember_head_costs(lib_dir, bmodel, device_us: float, host_us: float) -> None:
+    fkey = _file_key(bmodel)
+    if fkey and device_us > 0 and host_us > 0:
+        _update(lib_dir, lambda entry: entry.setdefault("head_costs", {}).update({fkey: [device_us, host_us]}))
+
+
+def _update(lib_dir, change) -> None:
     key = _key(lib_dir)
-    if not key or not note:
+    if not key:
         return
     data = _read()
-    data[key] = {"share_note": note}
+    entry = data.get(key) if isinstance(data.get(key), dict) else {}
+    change(entry)
+    data[key] = entry
     f = _file()
     try:
         f.parent.mkdir(parents=True, exist_ok=True)
