@@ -82,7 +82,7 @@ def test_greedy_head_path_is_chosen_by_measured_cost_and_remembered(sim_lib, bui
         assert gen(c, PROMPT, 4)[0] == ref  # token 1 on the host, token 2 on the device, then the cheaper
     device_us, host_us = runtime_checks.head_costs(sim_lib, bmodel)
     assert device_us > 0 and host_us > 0
-    # Every token by the host argmax (the other sampling tests run greedy_head throughout).
+    # Every token by the host argmax, decode steps included (the token is then uploaded, not left on the device).
     monkeypatch.setenv("TPUCHAT_HEAD", "host")
     with EngineClient() as c:
         c.open(bmodel, [0], sim_lib)
