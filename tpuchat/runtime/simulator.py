@@ -74,10 +74,22 @@ def extract(wheel: Path, target: Path, on_progress: Optional[Callable[[int, int]
 
 
 def install(force: bool = False, wheel: Optional[Path] = None, quiet: bool = False) -> Path:
-    """Install the simulator libraries; returns their directory."""
+    """Install the simulator libraries; returns their directory.  Processes
+    installing at once (parallel test workers) take turns: one downloads."""
+    import fcntl
+
     target = simulator_dir(SIMULATOR_VERSION)
     if installed() and not force:
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if installed() and not force:
+            return target
+        return _install(target, wheel, quiet)
+
+
+def _install(target: Path, wheel: Optional[Path], quiet: bool) -> Path:
     dl = cache_dir() / "dl"
     downloaded = False
     if wheel is None:
