@@ -26,6 +26,13 @@
  *   basic (0): IO buffers are shared between nets, so nothing may be left in
  *     them across launches: the cache lives in buffers we allocate, and
  *     hidden states / K/V rows are copied, as Sophgo's demos do.
+ *
+ * Two KV layouts exist (tpc_desc.kv_layout, from the convention):
+ *   rows (TPC_KV_ROWS): K and V apart, position p at row p; a decode net
+ *     returns the new row.
+ *   sliding (TPC_KV_SLIDING, WizardCoder): one K|V row per token, the rows in
+ *     use right-aligned in the L-row window; a decode net returns the window
+ *     plus the new row and the window becomes its last L rows (kv.c).
  */
 #ifndef TPUCHAT_SHIM_INTERNAL_H
 #define TPUCHAT_SHIM_INTERNAL_H
