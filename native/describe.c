@@ -121,6 +121,17 @@ static int find_role_nets(tpc_model *m) {
   m->net.decode_stage = m->net.embedding_cache ? 0 : r->decode_embed_stage;
   snprintf(d->convention, sizeof d->convention, "%s", r->name);
   d->decode_embed = r->decode_embed;
+  d->kv_layout = r->kv_layout;
+  d->learned_positions = r->learned_positions;
+  m->buf.mask_value = r->mask_value != 0 ? r->mask_value : -10000.0f;
+  /* The layers' inputs by role (the matcher checked these shapes). */
+  int sliding = r->kv_layout == TPC_KV_SLIDING, pos = r->learned_positions ? -1 : 1;
+  m->net.block_pos = pos;
+  m->net.block_mask = pos < 0 ? 1 : 2; /* after hidden (and positions); may be absent: see describe_layout */
+  m->net.cache_pos = pos;
+  m->net.cache_mask = 2;
+  m->net.cache_k = sliding ? 1 : 3;
+  m->net.cache_v = sliding ? -1 : 4;
   d->has_embedding_cache = m->net.embedding_cache != NULL;
   d->has_greedy_head = m->net.greedy_head != NULL;
   d->has_sample_head = find_net(m, "sample_head") != NULL;
@@ -170,13 +181,16 @@ static int describe_layout(tpc_model *m) {
   }
   int b0_in = per_device(b0, b0->input_num, d->num_device);
   int c0_in = per_device(c0, c0->input_num, d->num_device);
-  if (b0_in < 2 || c0_in < 5)
+  int c0_want = (m->net.cache_v > m->net.cache_k ? m->net.cache_v : m->net.cache_k) + 1;
+  if (b0_in < 2 || c0_in < c0_want)
     return fail(m, TPC_E_MODEL,
                 "unexpected block layout: %s has %d inputs (want hidden, position_ids[, mask]), "
-                "%s has %d (want hidden, position_ids, mask, history_k, history_v)",
-                b0->name, b0_in, c0->name, c0_in);
+                "%s has %d (want %d)", b0->name, b0_in, c0->name, c0_in, c0_want);
+  if (d->kv_layout == TPC_KV_SLIDING && d->num_device > 1)
+    return fail(m, TPC_E_MODEL, "a multi-device bmodel with %s's sliding KV cache is not supported", d->convention);
   d->is_dynamic = b0->is_dynamic ? 1 : 0;
-  d->prefill_has_mask = b0_in >= 3;
+  d->prefill_has_mask = b0_in > m->net.block_mask;
+  if (!d->prefill_has_mask) m->net.block_mask = -1;
   d->num_stages = b0->stage_num > 8 ? 8 : b0->stage_num;
   d->seq_len = 0;
   for (int s = 0; s < d->num_stages; s++) {
@@ -193,32 +207,36 @@ static int describe_kv(tpc_model *m) {
   /* Decode nets may come in several stages (shorter KV histories, e.g. with
    * --use_history_kv); the cache is sized for the longest one. */
   m->net.cache_stage = 0;
+  int k = m->net.cache_k, sliding = d->kv_layout == TPC_KV_SLIDING;
   for (int s = 1; s < c0->stage_num; s++)
-    if (c0->stages[s].input_shapes[3].dims[1] > c0->stages[m->net.cache_stage].input_shapes[3].dims[1])
+    if (c0->stages[s].input_shapes[k].dims[1] > c0->stages[m->net.cache_stage].input_shapes[k].dims[1])
       m->net.cache_stage = s;
-  const bmapi_shape_t *hk = &c0->stages[m->net.cache_stage].input_shapes[3];
+  const bmapi_shape_t *hk = &c0->stages[m->net.cache_stage].input_shapes[k];
   const bmapi_shape_t *hid = &b0->stages[0].input_shapes[0];
   d->hidden_size = hid->dims[hid->num_dims - 1];
   d->kv_len = hk->dims[1];
   d->kv_heads = hk->num_dims >= 4 ? hk->dims[2] : 1;
-  d->head_dim = hk->dims[hk->num_dims - 1];
+  d->head_dim = hk->dims[hk->num_dims - 1] / (sliding ? 2 : 1); /* sliding: K|V side by side */
   d->float_dtype = b0->input_dtypes[0];
-  d->mask_dtype = c0->input_dtypes[2];
+  d->mask_dtype = c0->input_dtypes[m->net.cache_mask];
   d->addr_mode = RT.new_net_info ? c0->addr_mode : 0;
   d->new_net_info = RT.new_net_info;
-  if (d->float_dtype != BMAPI_BF16 && d->float_dtype != BMAPI_F16)
+  /* f32 IO is WizardCoder's (its masks are written as f32 by masks.c); the
+   * row layout's masks are half floats only. */
+  int f32_ok = sliding;
+  if (d->float_dtype != BMAPI_BF16 && d->float_dtype != BMAPI_F16 && !(f32_ok && d->float_dtype == BMAPI_F32))
     return fail(m, TPC_E_MODEL, "hidden states are dtype %d; only bf16 and f16 builds are supported",
                 d->float_dtype);
-  if (d->mask_dtype != BMAPI_BF16 && d->mask_dtype != BMAPI_F16)
+  if (d->mask_dtype != BMAPI_BF16 && d->mask_dtype != BMAPI_F16 && !(f32_ok && d->mask_dtype == BMAPI_F32))
     return fail(m, TPC_E_MODEL, "attention mask is dtype %d; expected bf16 or f16", d->mask_dtype);
-  const bmapi_shape_t *cmask = &c0->stages[m->net.cache_stage].input_shapes[2];
+  const bmapi_shape_t *cmask = &c0->stages[m->net.cache_stage].input_shapes[m->net.cache_mask];
   if (cmask->dims[cmask->num_dims - 1] != d->kv_len + 1)
     return fail(m, TPC_E_MODEL, "decode mask has %d columns, expected kv_len + 1 = %d",
                 cmask->dims[cmask->num_dims - 1], d->kv_len + 1);
   if (d->seq_len < 1 || d->seq_len > d->kv_len)
     return fail(m, TPC_E_MODEL, "prefill length %d does not fit the KV length %d", d->seq_len, d->kv_len);
-  m->buf.kv_row_bytes = shape_count(hk, 2) * (size_t)dtype_size(c0->input_dtypes[3]);
-  d->kv_cache_bytes = (long long)d->num_layers * 2 * (long long)d->kv_len * (long long)m->buf.kv_row_bytes;
+  m->buf.kv_row_bytes = shape_count(hk, 2) * (size_t)dtype_size(c0->input_dtypes[k]);
+  d->kv_cache_bytes = (long long)d->num_layers * (sliding ? 1 : 2) * (long long)d->kv_len * (long long)m->buf.kv_row_bytes;
   m->buf.esize = dtype_size(d->float_dtype);
   m->buf.hidden_bytes = (size_t)d->hidden_size * (size_t)m->buf.esize;
   return TPC_OK;

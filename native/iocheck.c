@@ -35,33 +35,44 @@ static size_t io_bytes(net_t n, int stage, int is_out, int k) {
   return shape_count(s, 0) * (size_t)dtype_size(is_out ? n->output_dtypes[k] : n->input_dtypes[k]);
 }
 
+/* Token ids (and learned positions) in, hidden states out, at every stage. */
 static int check_embeddings(tpc_model *m) {
   net_t e = m->net.embedding, de = m->net.decode_embed;
-  int rc;
+  int rc, lp = m->d.learned_positions;
   for (int s = 0; s < e->stage_num; s++) {
     size_t rows = (size_t)e->stages[s].input_shapes[0].dims[1];
     if ((rc = need(m, e, s, 0, 0, BMAPI_INT32, rows * 4, "input_ids")) ||
+        (lp && (rc = need(m, e, s, 0, 1, BMAPI_INT32, rows * 4, "input_pos"))) ||
         (rc = need(m, e, s, 1, 0, m->d.float_dtype, rows * m->buf.hidden_bytes, "hidden states")))
       return rc;
   }
-  size_t rows = m->d.decode_embed == TPC_EMBED_DECODE_PREFILL ? (size_t)de->stages[m->net.decode_stage].input_shapes[0].dims[1] : 1;
-  return need(m, de, m->net.decode_stage, 0, 0, BMAPI_INT32, rows * 4, "decode input_ids");
+  int ds = m->net.decode_stage;
+  size_t rows = m->d.decode_embed == TPC_EMBED_DECODE_PREFILL ? (size_t)de->stages[ds].input_shapes[0].dims[1] : 1;
+  if ((rc = need(m, de, ds, 0, 0, BMAPI_INT32, rows * 4, "decode input_ids"))) return rc;
+  return lp ? need(m, de, ds, 0, 1, BMAPI_INT32, rows * 4, "decode input_pos") : TPC_OK;
 }
 
+/* The masks the shim writes: half floats, or f32 for the sliding layout
+ * (WizardCoder's all-f32 IO). */
+static int mask_dtype(const tpc_model *m) { return m->d.mask_dtype == BMAPI_F32 ? BMAPI_F32 : ANY_HALF; }
+
 /* A self-attention prefill layer at every stage: hidden rows in (copied in
- * basic mode), positions, the mask, and K/V rows out (written straight
- * into the cache with io_alone). */
+ * basic mode), positions (unless learned), the mask, and K/V rows out
+ * (written straight into the cache with io_alone; one K|V output when
+ * sliding). */
 static int check_block(tpc_model *m, net_t b) {
   tpc_desc *d = &m->d;
-  int rc;
+  int rc, kp = m->net.block_pos, km = m->net.block_mask, two = m->net.cache_v >= 0;
   for (int s = 0; s < b->stage_num; s++) {
     size_t rows = (size_t)b->stages[s].input_shapes[0].dims[1];
     size_t kv = rows * m->buf.kv_row_bytes;
     if ((rc = need(m, b, s, 0, 0, d->float_dtype, rows * m->buf.hidden_bytes, "hidden states")) ||
-        (rc = need(m, b, s, 0, 1, BMAPI_INT32, rows * 4, "position_ids")) ||
-        (d->prefill_has_mask && (rc = need(m, b, s, 0, 2, ANY_HALF, io_bytes(b, s, 0, 2), "attention_mask"))) ||
+        (kp >= 0 && (rc = need(m, b, s, 0, kp, BMAPI_INT32, rows * 4, "position_ids"))) ||
+        (km >= 0 && (rc = need(m, b, s, 0, km, mask_dtype(m), io_bytes(b, s, 0, km),
+                               "attention_mask"))) ||
         (rc = need(m, b, s, 1, 0, d->float_dtype, rows * m->buf.hidden_bytes, "hidden states")) ||
-        (rc = need(m, b, s, 1, 1, ANY_DTYPE, kv, "new K rows")) || (rc = need(m, b, s, 1, 2, ANY_DTYPE, kv, "new V rows")))
+        (rc = need(m, b, s, 1, 1, ANY_DTYPE, kv, two ? "new K rows" : "new K|V rows")) ||
+        (two && (rc = need(m, b, s, 1, 2, ANY_DTYPE, kv, "new V rows"))))
       return rc;
     if (io_bytes(b, s, 1, 1) > (size_t)d->kv_len * m->buf.kv_row_bytes)
       return fail(m, TPC_E_MODEL, "%s returns %zu bytes of K rows, more than the %d-row cache holds", b->name,
@@ -70,23 +81,30 @@ static int check_block(tpc_model *m, net_t b) {
   return TPC_OK;
 }
 
-/* A self-attention decode layer: one hidden row, its position, the L+1
- * mask, the history (the cache itself with io_alone) and one new K/V row. */
+/* A self-attention decode layer: one hidden row, its position (unless
+ * learned), the L+1 mask (our own buffer when sliding), the history (the
+ * cache itself with io_alone), and out one new K/V row, or when sliding
+ * the L+1-row window with the new row (also used as scratch by kv_align). */
 static int check_block_cache(tpc_model *m, net_t c) {
   tpc_desc *d = &m->d;
-  int s = m->net.cache_stage, rc;
-  size_t hist = (size_t)d->kv_len * m->buf.kv_row_bytes;
+  const shim_nets *nt = &m->net;
+  int s = nt->cache_stage, sliding = d->kv_layout == TPC_KV_SLIDING, rc;
+  size_t row = m->buf.kv_row_bytes, hist = (size_t)d->kv_len * row, want = sliding ? hist + row : row;
   if ((rc = need(m, c, s, 0, 0, d->float_dtype, m->buf.hidden_bytes, "hidden state")) ||
-      (rc = need(m, c, s, 0, 1, BMAPI_INT32, 4, "position_ids")) ||
-      (rc = need(m, c, s, 0, 2, d->mask_dtype, (size_t)(d->kv_len + 1) * 2, "attention_mask")) ||
-      (rc = need(m, c, s, 0, 3, ANY_DTYPE, hist, "history_k")) || (rc = need(m, c, s, 0, 4, ANY_DTYPE, hist, "history_v")) ||
+      (nt->cache_pos >= 0 && (rc = need(m, c, s, 0, nt->cache_pos, BMAPI_INT32, 4, "position_ids"))) ||
+      (rc = need(m, c, s, 0, nt->cache_mask, d->mask_dtype, (size_t)(d->kv_len + 1) * dtype_size(d->mask_dtype),
+                 "attention_mask")) ||
+      (rc = need(m, c, s, 0, nt->cache_k, ANY_DTYPE, hist, sliding ? "past_cache" : "history_k")) ||
+      (nt->cache_v >= 0 && (rc = need(m, c, s, 0, nt->cache_v, ANY_DTYPE, hist, "history_v"))) ||
       (rc = need(m, c, s, 1, 0, d->float_dtype, m->buf.hidden_bytes, "hidden state")) ||
-      (rc = need(m, c, s, 1, 1, ANY_DTYPE, m->buf.kv_row_bytes, "new K row")) ||
-      (rc = need(m, c, s, 1, 2, ANY_DTYPE, m->buf.kv_row_bytes, "new V row")))
+      (rc = need(m, c, s, 1, 1, ANY_DTYPE, want, sliding ? "the new K|V window" : "new K row")) ||
+      (!sliding && (rc = need(m, c, s, 1, 2, ANY_DTYPE, row, "new V row"))))
     return rc;
-  if (io_bytes(c, s, 1, 1) != m->buf.kv_row_bytes)
-    return fail(m, TPC_E_MODEL, "%s returns a %zu-byte K row; the cache rows are %zu bytes", c->name,
-                io_bytes(c, s, 1, 1), m->buf.kv_row_bytes);
+  if (io_bytes(c, s, 1, 1) != want)
+    return fail(m, TPC_E_MODEL, "%s returns %zu bytes of K rows; the shim expects %zu (%s)", c->name,
+                io_bytes(c, s, 1, 1), want, sliding ? "the window of L rows + 1" : "one cache row");
+  if (sliding && (io_bytes(c, s, 0, nt->cache_k) != hist || c->output_dtypes[1] != c->input_dtypes[nt->cache_k]))
+    return fail(m, TPC_E_MODEL, "%s's past_cache is not %d rows of the returned window's dtype", c->name, d->kv_len);
   return TPC_OK;
 }
 

@@ -79,7 +79,7 @@ int open_model(const char *bmodel_path, const int *devids, int num_devids, bm_ha
     set_err(err, errlen, "out of host memory");
     return TPC_E_NOMEM;
   }
-  m->kv.mask_zeros = -1;
+  m->kv.mask_zeros = m->kv.slide_mask_rows = -1;
   m->shared_neuron = mem != NULL;
   m->vis.want_img_pos = m->vis.seq_img_pos = -1;
   if ((rc = load_runtime(m, bmodel_path, devids, num_devids, handle, mem))) goto out;
@@ -118,6 +118,7 @@ void tpc_close(tpc_model *m) {
     }
   }
   if (m->buf.prefix_mem.size) RT.free_device(H(m), m->buf.prefix_mem);
+  if (m->buf.slide_mask.size) RT.free_device(H(m), m->buf.slide_mask);
   free(m->kv.prefix_tokens);
   free_vision(m);
   if (m->rt) RT.destroy(m->rt);

@@ -1,12 +1,14 @@
-/* masks.c - attention masks (bf16/f16) and half-float conversions. */
+/* masks.c - attention masks (bf16/f16, or f32 with the convention's value)
+ * and half-float conversions. */
 #include "shim_internal.h"
 
 /* -10000 is the "minus infinity" the converted nets expect. */
 unsigned short mask_min(int dtype) { return dtype == BMAPI_BF16 ? 0xC61C : 0xF0E2; }
 
+/* Host scratch for `elems` mask entries of up to 4 bytes (f32 masks). */
 int ensure_mask_buf(tpc_model *m, size_t elems) {
   if (m->buf.mask_buf_elems >= elems) return TPC_OK;
-  unsigned short *p = realloc(m->buf.mask_buf, elems * sizeof *p);
+  unsigned short *p = realloc(m->buf.mask_buf, elems * sizeof(float));
   if (!p) return fail(m, TPC_E_NOMEM, "out of host memory for a %zu-entry mask", elems);
   m->buf.mask_buf = p;
   m->buf.mask_buf_elems = elems;
@@ -17,6 +19,43 @@ int ensure_mask_buf(tpc_model *m, size_t elems) {
 void build_prefill_mask(unsigned short *buf, int rows, int cols, int n, unsigned short neg) {
   for (int i = 0; i < rows; i++)
     for (int j = 0; j < cols; j++) buf[(size_t)i * cols + j] = (i < n && j <= i) ? 0 : neg;
+}
+
+/* Entry i of the mask scratch in `dtype`: 0 (visible) or the mask value (hidden). */
+static void put_mask(tpc_model *m, int dtype, size_t i, int hidden) {
+  if (dtype == BMAPI_F32) {
+    float v = hidden ? m->buf.mask_value : 0.0f;
+    memcpy((char *)m->buf.mask_buf + 4 * i, &v, 4);
+  } else {
+    unsigned short neg = m->buf.mask_value == -10000.0f ? mask_min(dtype) : float_to_half(m->buf.mask_value, dtype);
+    m->buf.mask_buf[i] = hidden ? neg : 0;
+  }
+}
+
+/* build_prefill_mask for any mask dtype and the convention's mask value
+ * (the caller made room with ensure_mask_buf). */
+void build_prefill_mask_as(tpc_model *m, int dtype, int rows, int cols, int n) {
+  for (int i = 0; i < rows; i++)
+    for (int j = 0; j < cols; j++) put_mask(m, dtype, (size_t)i * cols + j, !(i < n && j <= i));
+}
+
+/* The sliding layout's decode mask (L + 1 entries, our own device buffer):
+ * the window's p rows in use are its last ones, then the new token's entry,
+ * so entries [0, L - p) are hidden.  Only the entries that change go up. */
+int update_sliding_mask(tpc_model *m, int p) {
+  int L = m->d.kv_len, dt = m->d.mask_dtype, es = dtype_size(dt), old = m->kv.slide_mask_rows, rc;
+  int lo = 0, hi = L + 1; /* entries to write */
+  if (old == p) return TPC_OK;
+  if (old >= 0) {
+    lo = L - (old > p ? old : p);
+    hi = L - (old > p ? p : old);
+  }
+  if ((rc = ensure_mask_buf(m, (size_t)(hi - lo)))) return rc;
+  for (int j = lo; j < hi; j++) put_mask(m, dt, (size_t)(j - lo), j < L - p);
+  if ((rc = upload(m, m->buf.slide_mask, (size_t)lo * es, m->buf.mask_buf, (size_t)(hi - lo) * es, "decode mask")))
+    return rc;
+  m->kv.slide_mask_rows = p;
+  return TPC_OK;
 }
 
 float half_to_float(unsigned short h, int dtype) {

@@ -1,14 +1,22 @@
 /* prefix.c - a pinned shared prefix: KV rows kept aside on the device. */
 #include "shim_internal.h"
 
-/* Copy the pinned rows [0, rows) back into the cache: two device copies
- * per layer instead of recomputing them. */
+/* Caches per layer: K and V, or one K|V cache (sliding layout).  The pinned
+ * copy holds layer i's part q at rows [(parts * i + q) * prefix_len, ...). */
+static int kv_parts(const tpc_model *m) { return m->d.kv_layout == TPC_KV_SLIDING ? 1 : 2; }
+
+/* Copy the pinned rows [0, rows) back into the cache: one device copy per
+ * layer and part instead of recomputing them (sliding: as the window's
+ * last rows). */
 int restore_prefix(tpc_model *m, int rows) {
   size_t n = (size_t)m->kv.prefix_len * m->buf.kv_row_bytes, size = (size_t)rows * m->buf.kv_row_bytes;
-  int rc = TPC_OK;
+  int rc = TPC_OK, parts = kv_parts(m);
+  m->kv.slide_rows = rows;
+  size_t at = kv_row_offset(m, 0);
   for (int i = 0; i < m->d.num_layers && !rc; i++) {
-    rc = copy_d2d(m, m->buf.kv_k[i], 0, m->buf.prefix_mem, (size_t)(2 * i) * n, size, "pinned K rows");
-    if (!rc) rc = copy_d2d(m, m->buf.kv_v[i], 0, m->buf.prefix_mem, (size_t)(2 * i + 1) * n, size, "pinned V rows");
+    rc = copy_d2d(m, m->buf.kv_k[i], at, m->buf.prefix_mem, (size_t)(parts * i) * n, size, "pinned K rows");
+    if (!rc && parts == 2)
+      rc = copy_d2d(m, m->buf.kv_v[i], at, m->buf.prefix_mem, (size_t)(2 * i + 1) * n, size, "pinned V rows");
   }
   if (rc) return rc;
   memcpy(m->kv.tokens, m->kv.prefix_tokens, sizeof(int32_t) * (size_t)rows);
@@ -44,7 +52,8 @@ int tpc_pin_prefix(tpc_model *m, const int *ids, int n) {
     return rc;
   }
   tpc_timing t = m->stats.timing;
-  size_t per = (size_t)n * m->buf.kv_row_bytes, bytes = per * 2 * (size_t)m->d.num_layers;
+  int parts = kv_parts(m);
+  size_t per = (size_t)n * m->buf.kv_row_bytes, bytes = per * parts * (size_t)m->d.num_layers, at = kv_row_offset(m, 0);
   bmapi_mem_t mem;
   if (bytes > 0xffffffffu || RT.malloc_device_byte(H(m), &mem, (unsigned int)bytes) != 0) {
     free(toks);
@@ -54,8 +63,8 @@ int tpc_pin_prefix(tpc_model *m, const int *ids, int n) {
   m->buf.prefix_mem = mem;
   begin_call(m);
   for (int i = 0; i < m->d.num_layers && !rc; i++) {
-    rc = copy_d2d(m, mem, (size_t)(2 * i) * per, m->buf.kv_k[i], 0, per, "K rows to pin");
-    if (!rc) rc = copy_d2d(m, mem, (size_t)(2 * i + 1) * per, m->buf.kv_v[i], 0, per, "V rows to pin");
+    rc = copy_d2d(m, mem, (size_t)(parts * i) * per, m->buf.kv_k[i], at, per, "K rows to pin");
+    if (!rc && parts == 2) rc = copy_d2d(m, mem, (size_t)(2 * i + 1) * per, m->buf.kv_v[i], at, per, "V rows to pin");
   }
   if (!rc) rc = sync_device(m);
   end_call(m);

@@ -13,22 +13,25 @@ typedef struct {
   const char *marker;               /* a net only this convention has (NULL: none) */
   int embed_inputs;                 /* input_ids (+ input_pos for learned positions) */
   int cache_inputs;                 /* decode layer inputs */
+  int kv_layout;                    /* TPC_KV_* */
+  float mask_value;                 /* 0: -10000 */
   const char *refuse;               /* recognised but not run: why */
 } convention;
 
 static const convention CONVENTIONS[] = {
     {TPC_CONV_SHARE_CACHE, "LLM-TPU share-cache", "embedding", "embedding_cache", "block_%d", "block_cache_%d",
-     "lm_head", "block_unshare_0", 1, 5,
+     "lm_head", "block_unshare_0", 1, 5, TPC_KV_ROWS, 0,
      "this bmodel uses the older share-cache layout (embedding_unshare / block_unshare_N), which tpuchat does "
      "not run yet; compile it with llm_convert --use_history_kv and use --prefix-file"},
     {TPC_CONV_LLM_CONVERT, "llm_convert", "embedding", "embedding_cache", "block_%d", "block_cache_%d", "lm_head",
-     NULL, 1, 5, NULL},
+     NULL, 1, 5, TPC_KV_ROWS, 0, NULL},
     {TPC_CONV_QWEN_TPU, "Qwen-TPU (qwen_block, 2-stage embedding)", "embedding", NULL, "qwen_block_%d",
-     "qwen_block_cache_%d", "lm_head", NULL, 1, 5, NULL},
+     "qwen_block_cache_%d", "lm_head", NULL, 1, 5, TPC_KV_ROWS, 0, NULL},
+    /* LLM-TPU models/WizardCoder: GPT-BigCode with learned positions (the
+     * embedding takes input_pos), K|V of its one multi-query head side by
+     * side in one past_cache, masks of -1000 (its export's value). */
     {TPC_CONV_WIZARDCODER, "WizardCoder (GPT-BigCode, sliding past_cache)", "embedding", NULL, "block_%d",
-     "block_cache_%d", "lm_head", NULL, 2, 3,
-     "this bmodel is LLM-TPU's WizardCoder layout (learned positions, one sliding K/V past_cache), which "
-     "tpuchat does not run yet"},
+     "block_cache_%d", "lm_head", NULL, 2, 3, TPC_KV_SLIDING, -1000.0f, NULL},
 };
 #define NUM_CONVENTIONS ((int)(sizeof CONVENTIONS / sizeof CONVENTIONS[0]))
 
@@ -76,6 +79,8 @@ static int check_embed(const convention *c, const tpc_net_summary *e, int md, ch
   if (d->num_outputs < 1 || d->inputs[0].dtype != BMAPI_INT32 || !is_float(d->outputs[0].dtype) ||
       d->outputs[0].num_dims != 3)
     return problem(why, len, "embedding", "%s does not map int32 ids to [1,S,hidden] states", d->name);
+  if (want == 2 && !md && d->inputs[1].dtype != BMAPI_INT32)
+    return problem(why, len, "embedding", "%s input 1 is not int32 positions", d->name);
   return 1;
 }
 
@@ -114,9 +119,14 @@ static int check_cache(const convention *c, const tpc_net_summary *b, int md, ch
     return problem(why, len, "layer decode", "%s has %d inputs, want %d", d->name, d->num_inputs, c->cache_inputs);
   if (md) return 1;
   const tpc_tensor_info *in = d->inputs;
-  if (c->cache_inputs == 3) {
-    if (!is_float(in[0].dtype) || !is_float(in[1].dtype) || in[1].num_dims != 3 || !is_float(in[2].dtype))
-      return problem(why, len, "layer decode", "%s does not take hidden, past_cache [1,L,2*dim], mask", d->name);
+  if (c->kv_layout == TPC_KV_SLIDING) {
+    if (!is_float(in[0].dtype) || !is_float(in[1].dtype) || in[1].num_dims != 3 || !is_float(in[2].dtype) ||
+        !in[2].num_dims || in[2].dims[in[2].num_dims - 1] != in[1].dims[1] + 1)
+      return problem(why, len, "layer decode", "%s does not take hidden, past_cache [1,L,2*dim], mask [..,L+1]",
+                     d->name);
+    if (d->num_outputs < 2 || d->outputs[1].num_dims != 3 || d->outputs[1].dims[1] != in[1].dims[1] + 1 ||
+        d->outputs[1].dims[2] != in[1].dims[2])
+      return problem(why, len, "layer decode", "%s does not return hidden + the L+1-row cache", d->name);
     return 1;
   }
   if (!is_float(in[0].dtype) || in[1].dtype != BMAPI_INT32 || !is_float(in[2].dtype) || !is_float(in[3].dtype) ||
@@ -233,6 +243,9 @@ static int try_convention(const convention *c, const tpc_net_summary *nets, int 
   if (!ok) return 0;
   memset(r, 0, sizeof *r);
   r->convention = c->id;
+  r->kv_layout = c->kv_layout;
+  r->learned_positions = c->embed_inputs == 2;
+  r->mask_value = c->mask_value;
   r->embedding = e;
   r->embedding_cache = ec;
   r->lm_head = lm;

@@ -26,6 +26,13 @@
  *   basic (0): IO buffers are shared between nets, so nothing may be left in
  *     them across launches: the cache lives in buffers we allocate, and
  *     hidden states / K/V rows are copied, as Sophgo's demos do.
+ *
+ * Two KV layouts exist (tpc_desc.kv_layout, from the convention):
+ *   rows (TPC_KV_ROWS): K and V apart, position p at row p; a decode net
+ *     returns the new row.
+ *   sliding (TPC_KV_SLIDING, WizardCoder): one K|V row per token, the rows in
+ *     use right-aligned in the L-row window; a decode net returns the window
+ *     plus the new row and the window becomes its last L rows (kv.c).
  */
 #ifndef TPUCHAT_SHIM_INTERNAL_H
 #define TPUCHAT_SHIM_INTERNAL_H
@@ -92,6 +99,11 @@ typedef struct {
   net_t *block_kv;        /* [num_layers] when the bmodel has them */
   int block_kv_len;       /* longest chunk a block_kv net takes */
   int cache_stage;        /* block_cache stage with the longest KV history */
+  /* Where the layers' inputs are (-1: the net has none), from the convention:
+   * llm_convert: block (hidden, pos, mask), block_cache (hidden, pos, mask, K, V);
+   * WizardCoder: block (hidden, mask), block_cache (hidden, past_cache, mask). */
+  int block_pos, block_mask;
+  int cache_pos, cache_mask, cache_k, cache_v; /* cache_v -1: one combined K|V cache */
 } shim_nets;
 
 /* Device buffers and host scratch: sized at open, contents are per call. */
@@ -102,8 +114,10 @@ typedef struct {
   size_t kv_row_bytes;    /* bytes of one token's K (or V) in one layer */
   size_t hidden_bytes;    /* bytes of one token's hidden state */
   int esize;              /* bytes of one float element (2) */
-  unsigned short *mask_buf; /* host scratch for masks */
+  unsigned short *mask_buf; /* host scratch for masks (room for f32 entries) */
   size_t mask_buf_elems;
+  float mask_value;       /* what hides a key: the convention's, else -10000 */
+  bmapi_mem_t slide_mask; /* sliding layout: our decode mask, passed by reference */
   int32_t *ids_buf;       /* host scratch for ids / positions */
   int ids_cap;            /* its length: the longest prefill or embedding input */
   /* A pinned shared prefix (tpc_pin_prefix): a device copy of its KV rows,
@@ -114,6 +128,8 @@ typedef struct {
 /* What the KV cache holds now. */
 typedef struct {
   int position;           /* tokens in the KV cache */
+  int slide_rows;         /* sliding layout: rows held right-aligned (>= position after a rewind) */
+  int slide_mask_rows;    /* the rows slide_mask shows (-1: unknown) */
   int mask_zeros;         /* decode mask entries [0, mask_zeros) are 0; -1 unknown */
   int token_on_device;    /* the last chosen token already sits in embedding_cache's input */
   int last_token;
@@ -255,10 +271,16 @@ SHIM int update_decode_mask(tpc_model *m, bmapi_mem_t mask_mem, int p);
 SHIM float half_to_float(unsigned short h, int dtype);
 SHIM unsigned short half_one(int dtype);
 SHIM unsigned short float_to_half(float f, int dtype);
+SHIM void build_prefill_mask_as(tpc_model *m, int dtype, int rows, int cols, int n);
+SHIM int update_sliding_mask(tpc_model *m, int p);
 
 /* kv.c */
 SHIM int alloc_state(tpc_model *m);
 SHIM int alloc_host_scratch(tpc_model *m, int all_inputs);
+SHIM size_t kv_row_offset(const tpc_model *m, int position);
+SHIM int kv_keep_prefill(tpc_model *m, int layer, const bmapi_tensor_t *out, int n);
+SHIM int kv_keep_decode(tpc_model *m, int layer, const bmapi_tensor_t *out, int p);
+SHIM int kv_align(tpc_model *m, int p);
 
 /* heads.c */
 SHIM int sampling_active(const tpc_model *m);

@@ -1,6 +1,15 @@
 /* step.c - prefill and decode: the forward path over the nets. */
 #include "shim_internal.h"
 
+/* Learned positions (WizardCoder): the embedding's input_pos gets `rows`
+ * entries, start.. for the n real tokens and 0 after them. */
+static int upload_positions(tpc_model *m, const bmapi_tensor_t *ein, int start, int n, int rows) {
+  if (!m->d.learned_positions) return TPC_OK;
+  if (rows > m->buf.ids_cap) return fail(m, TPC_E_MODEL, "embedding input longer than expected");
+  for (int i = 0; i < rows; i++) m->buf.ids_buf[i] = i < n ? start + i : 0;
+  return upload(m, ein[1].device_mem, 0, m->buf.ids_buf, sizeof(int32_t) * (size_t)rows, "input_pos");
+}
+
 /* Run the embedding over ids[0, n) padded to `rows`; *hidden is its output. */
 static int prefill_embed(tpc_model *m, const int *ids, int n, int rows, bmapi_mem_t *hidden) {
   net_t emb = m->net.embedding;
@@ -18,7 +27,7 @@ static int prefill_embed(tpc_model *m, const int *ids, int n, int rows, bmapi_me
   if (emb->is_dynamic) set_len(&ein[0].shape, rows);
   if (emb_rows > m->buf.ids_cap) return fail(m, TPC_E_MODEL, "embedding input longer than expected");
   if ((rc = upload(m, ein[0].device_mem, 0, m->buf.ids_buf, sizeof(int32_t) * (size_t)emb_rows, "token ids")) ||
-      (rc = launch(m, emb, ein, eout)))
+      (rc = upload_positions(m, ein, 0, n, emb_rows)) || (rc = launch(m, emb, ein, eout)))
     return rc;
   *hidden = eout[0].device_mem;
   return TPC_OK;
@@ -32,11 +41,12 @@ static int prefill_host_inputs(tpc_model *m, int stage, int n, int *mask_rows, i
   memset(m->buf.ids_buf + n, 0, sizeof(int32_t) * (size_t)(m->buf.ids_cap - n));
   *mask_rows = *mask_cols = 0;
   if (!d->prefill_has_mask) return TPC_OK;
-  const bmapi_shape_t *ms = &b0->stages[stage].input_shapes[2];
+  int k = m->net.block_mask;
+  const bmapi_shape_t *ms = &b0->stages[stage].input_shapes[k];
   *mask_rows = d->is_dynamic ? n : ms->dims[ms->num_dims - 2];
   *mask_cols = d->is_dynamic ? n : ms->dims[ms->num_dims - 1];
   int rc = ensure_mask_buf(m, (size_t)*mask_rows * *mask_cols);
-  if (!rc) build_prefill_mask(m->buf.mask_buf, *mask_rows, *mask_cols, n, mask_min(b0->input_dtypes[2]));
+  if (!rc) build_prefill_mask_as(m, b0->input_dtypes[k], *mask_rows, *mask_cols, n);
   return rc;
 }
 
@@ -52,41 +62,38 @@ static int prefill_layer(tpc_model *m, int i, prefill_plan *pp, bmapi_mem_t *hid
   tpc_desc *d = &m->d;
   net_t b = m->net.block[i];
   bmapi_tensor_t in[8], out[8];
-  int n = pp->n, rows = pp->rows, rc;
-  size_t pos_bytes = sizeof(int32_t) * (size_t)rows, mask_bytes = (size_t)pp->mask_rows * pp->mask_cols * 2;
+  int n = pp->n, rows = pp->rows, kp = m->net.block_pos, km = m->net.block_mask, rc;
+  size_t pos_bytes = sizeof(int32_t) * (size_t)rows;
+  size_t mask_bytes = km < 0 ? 0 : (size_t)pp->mask_rows * pp->mask_cols * dtype_size(b->input_dtypes[km]);
   own_tensors(b, pp->stage, in, out);
   if (d->is_dynamic) {
     set_len(&in[0].shape, n);
-    set_len(&in[1].shape, n);
-    if (d->prefill_has_mask) { in[2].shape.dims[in[2].shape.num_dims - 2] = n; in[2].shape.dims[in[2].shape.num_dims - 1] = n; }
+    if (kp >= 0) set_len(&in[kp].shape, n);
+    if (km >= 0) { in[km].shape.dims[in[km].shape.num_dims - 2] = n; in[km].shape.dims[in[km].shape.num_dims - 1] = n; }
   }
   if (m->buf.direct_io) {
     in[0].device_mem = *hidden;
     if (i == 0 || pp->reupload) {
       pp->reupload = 0;
-      if ((rc = upload(m, pp->pos_mem, 0, m->buf.ids_buf, pos_bytes, "position ids"))) return rc;
-      if (d->prefill_has_mask && (rc = upload(m, pp->mask_mem, 0, m->buf.mask_buf, mask_bytes, "prefill mask")))
-        return rc;
+      if (kp >= 0 && (rc = upload(m, pp->pos_mem, 0, m->buf.ids_buf, pos_bytes, "position ids"))) return rc;
+      if (km >= 0 && (rc = upload(m, pp->mask_mem, 0, m->buf.mask_buf, mask_bytes, "prefill mask"))) return rc;
     }
-    in[1].device_mem = pp->pos_mem;
-    if (d->prefill_has_mask) in[2].device_mem = pp->mask_mem;
-    /* K/V rows go straight into the cache (a view as large as the net's
-     * biggest output: dynamic nets are checked against it). */
-    out[1].device_mem = kv_view(m, m->buf.kv_k[i], 0);
-    out[2].device_mem = kv_view(m, m->buf.kv_v[i], 0);
+    if (kp >= 0) in[kp].device_mem = pp->pos_mem;
+    if (km >= 0) in[km].device_mem = pp->mask_mem;
+    /* Row layout: K/V rows go straight into the cache (a view as large as
+     * the net's biggest output: dynamic nets are checked against it). */
+    if (d->kv_layout == TPC_KV_ROWS) {
+      out[1].device_mem = kv_view(m, m->buf.kv_k[i], 0);
+      out[2].device_mem = kv_view(m, m->buf.kv_v[i], 0);
+    }
   } else {
     if (hidden->device_addr != in[0].device_mem.device_addr &&
         (rc = copy_d2d(m, in[0].device_mem, 0, *hidden, 0, (size_t)rows * m->buf.hidden_bytes, "hidden state")))
       return rc;
-    if ((rc = upload(m, in[1].device_mem, 0, m->buf.ids_buf, pos_bytes, "position ids"))) return rc;
-    if (d->prefill_has_mask && (rc = upload(m, in[2].device_mem, 0, m->buf.mask_buf, mask_bytes, "prefill mask")))
-      return rc;
+    if (kp >= 0 && (rc = upload(m, in[kp].device_mem, 0, m->buf.ids_buf, pos_bytes, "position ids"))) return rc;
+    if (km >= 0 && (rc = upload(m, in[km].device_mem, 0, m->buf.mask_buf, mask_bytes, "prefill mask"))) return rc;
   }
-  if ((rc = launch(m, b, in, out))) return rc;
-  if (!m->buf.direct_io &&
-      ((rc = copy_d2d(m, m->buf.kv_k[i], 0, out[1].device_mem, 0, (size_t)n * m->buf.kv_row_bytes, "K cache")) ||
-       (rc = copy_d2d(m, m->buf.kv_v[i], 0, out[2].device_mem, 0, (size_t)n * m->buf.kv_row_bytes, "V cache"))))
-    return rc;
+  if ((rc = launch(m, b, in, out)) || (rc = kv_keep_prefill(m, i, out, n))) return rc;
   *hidden = out[0].device_mem;
   return TPC_OK;
 }
@@ -105,8 +112,8 @@ static int prefill_impl(tpc_model *m, const int *ids, int n, int need_head, int 
   bmapi_mem_t hidden;
   int rc;
   if ((rc = prefill_embed(m, ids, n, pp.rows, &hidden))) return rc;
-  pp.pos_mem = b0->stages[pp.stage].input_mems[1];
-  pp.mask_mem = d->prefill_has_mask ? b0->stages[pp.stage].input_mems[2] : pp.pos_mem;
+  if (m->net.block_pos >= 0) pp.pos_mem = b0->stages[pp.stage].input_mems[m->net.block_pos];
+  if (m->net.block_mask >= 0) pp.mask_mem = b0->stages[pp.stage].input_mems[m->net.block_mask];
   if ((rc = prefill_host_inputs(m, pp.stage, n, &pp.mask_rows, &pp.mask_cols))) return rc;
   int image = m->vis.seq_img_pos >= 0;
   if (image && (rc = upload_cross_masks(m, n, pp.rows))) return rc;
@@ -307,7 +314,7 @@ int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
 /* A decode token's hidden state, through embedding_cache, the embedding's
  * 1-row stage, or the embedding's prefill stage with the token at row 0
  * (roles.c chooses). */
-static int embed_decode_token(tpc_model *m, int token, bmapi_mem_t *hidden) {
+static int embed_decode_token(tpc_model *m, int token, int p, bmapi_mem_t *hidden) {
   net_t e = m->net.decode_embed;
   bmapi_tensor_t ein[2], eout[2];
   int rc;
@@ -322,8 +329,48 @@ static int embed_decode_token(tpc_model *m, int token, bmapi_mem_t *hidden) {
       return rc;
   }
   m->kv.token_on_device = 0;
-  if ((rc = launch(m, e, ein, eout))) return rc;
+  int pos_rows = m->d.decode_embed == TPC_EMBED_DECODE_PREFILL ? ein[0].shape.dims[1] : 1;
+  if ((rc = upload_positions(m, ein, p, 1, pos_rows)) || (rc = launch(m, e, ein, eout))) return rc;
   *hidden = mem_at(eout[0].device_mem, 0, m->buf.hidden_bytes);
+  return TPC_OK;
+}
+
+/* One self-attention decode layer at position p.  pos_mem / mask_mem are
+ * layer 0's (io_alone row layout, shared by reference) or, sliding, our own
+ * decode mask. */
+static int decode_layer(tpc_model *m, int i, int p, bmapi_mem_t pos_mem, bmapi_mem_t mask_mem, bmapi_mem_t *hidden) {
+  const shim_nets *nt = &m->net;
+  net_t c = nt->block_cache[i];
+  bmapi_tensor_t in[8], out[8];
+  int32_t pos = p;
+  int rc, sliding = m->d.kv_layout == TPC_KV_SLIDING;
+  own_tensors(c, nt->cache_stage, in, out);
+  in[nt->cache_k].device_mem = m->buf.kv_k[i];
+  if (nt->cache_v >= 0) in[nt->cache_v].device_mem = m->buf.kv_v[i];
+  if (m->buf.direct_io) {
+    if (i == 0 && !sliding) {
+      if ((rc = upload(m, pos_mem, 0, &pos, 4, "position id"))) return rc;
+      if ((rc = update_decode_mask(m, mask_mem, p))) return rc;
+    }
+    in[0].device_mem = *hidden;
+    if (nt->cache_pos >= 0) in[nt->cache_pos].device_mem = pos_mem;
+    in[nt->cache_mask].device_mem = mask_mem;
+    if (!sliding) {
+      out[1].device_mem = kv_view(m, m->buf.kv_k[i], p);
+      out[2].device_mem = kv_view(m, m->buf.kv_v[i], p);
+    }
+  } else {
+    if ((rc = copy_d2d(m, in[0].device_mem, 0, *hidden, 0, m->buf.hidden_bytes, "hidden state"))) return rc;
+    if (nt->cache_pos >= 0 && (rc = upload(m, in[nt->cache_pos].device_mem, 0, &pos, 4, "position id"))) return rc;
+    if (sliding) {
+      in[nt->cache_mask].device_mem = mask_mem;
+    } else {
+      m->kv.mask_zeros = -1;
+      if ((rc = update_decode_mask(m, in[nt->cache_mask].device_mem, p))) return rc;
+    }
+  }
+  if ((rc = launch(m, c, in, out)) || (rc = kv_keep_decode(m, i, out, p))) return rc;
+  *hidden = out[0].device_mem;
   return TPC_OK;
 }
 
@@ -335,47 +382,22 @@ int decode_impl(tpc_model *m, int token, int need_head, int *next_token) {
     return fail(m, TPC_E_FULL, "the context is full: all %d KV positions are used", d->kv_len);
   if (m->md.on) return md_decode(m, token, need_head, next_token);
 
-  bmapi_mem_t hidden;
-  if ((rc = embed_decode_token(m, token, &hidden))) return rc;
-
-  bmapi_tensor_t in[8], out[8];
-  net_t c0 = m->net.block_cache[0];
-  own_tensors(c0, m->net.cache_stage, in, out);
-  bmapi_mem_t pos_mem = in[1].device_mem, mask_mem = in[2].device_mem;
-  int32_t pos = p;
+  bmapi_mem_t hidden, pos_mem = {0}, mask_mem;
+  if ((rc = kv_align(m, p)) || (rc = embed_decode_token(m, token, p, &hidden))) return rc;
+  const bmapi_stage_t *st0 = &m->net.block_cache[0]->stages[m->net.cache_stage];
+  if (m->net.cache_pos >= 0) pos_mem = st0->input_mems[m->net.cache_pos];
+  mask_mem = st0->input_mems[m->net.cache_mask];
+  if (d->kv_layout == TPC_KV_SLIDING) {
+    mask_mem = m->buf.slide_mask;
+    if ((rc = update_sliding_mask(m, p))) return rc;
+  }
   for (int i = 0; i < d->num_layers; i++) {
-    net_t c = m->net.block_cache[i];
     if (m->vis.is_cross && m->vis.is_cross[i]) {
       if (m->vis.seq_img_pos < 0) continue; /* text only */
       if ((rc = cross_decode_layer(m, i, &hidden))) return rc;
       continue;
     }
-    own_tensors(c, m->net.cache_stage, in, out);
-    in[3].device_mem = m->buf.kv_k[i];
-    in[4].device_mem = m->buf.kv_v[i];
-    if (m->buf.direct_io) {
-      if (i == 0) {
-        if ((rc = upload(m, pos_mem, 0, &pos, 4, "position id"))) return rc;
-        if ((rc = update_decode_mask(m, mask_mem, p))) return rc;
-      }
-      in[0].device_mem = hidden;
-      in[1].device_mem = pos_mem;
-      in[2].device_mem = mask_mem;
-      out[1].device_mem = kv_view(m, m->buf.kv_k[i], p);
-      out[2].device_mem = kv_view(m, m->buf.kv_v[i], p);
-    } else {
-      if ((rc = copy_d2d(m, in[0].device_mem, 0, hidden, 0, m->buf.hidden_bytes, "hidden state"))) return rc;
-      if ((rc = upload(m, in[1].device_mem, 0, &pos, 4, "position id"))) return rc;
-      m->kv.mask_zeros = -1;
-      if ((rc = update_decode_mask(m, in[2].device_mem, p))) return rc;
-    }
-    if ((rc = launch(m, c, in, out))) return rc;
-    if (!m->buf.direct_io) {
-      if ((rc = copy_d2d(m, m->buf.kv_k[i], (size_t)p * m->buf.kv_row_bytes, out[1].device_mem, 0, m->buf.kv_row_bytes, "K cache")) ||
-          (rc = copy_d2d(m, m->buf.kv_v[i], (size_t)p * m->buf.kv_row_bytes, out[2].device_mem, 0, m->buf.kv_row_bytes, "V cache")))
-        return rc;
-    }
-    hidden = out[0].device_mem;
+    if ((rc = decode_layer(m, i, p, pos_mem, mask_mem, &hidden))) return rc;
   }
   m->kv.tokens[p] = token;
   if (need_head) {

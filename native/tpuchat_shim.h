@@ -54,6 +54,8 @@ typedef struct {
   long long kv_cache_bytes;     /* device bytes of the whole KV cache */
   char convention[80];          /* the bmodel convention (roles.c), for `tpuchat info` */
   int decode_embed;             /* TPC_EMBED_DECODE_*: how decode tokens are embedded */
+  int kv_layout;                /* TPC_KV_*: how the KV cache holds its rows */
+  int learned_positions;        /* positions go to the embedding (input_pos), not the layers */
 } tpc_desc;
 
 /* One tensor of one net (for inspection). */
@@ -265,6 +267,9 @@ int tpc_net_plan_of(const tpc_model *m, const char *name, tpc_net_plan *out);
 #define TPC_EMBED_DECODE_NET 0     /* decode tokens go through embedding_cache */
 #define TPC_EMBED_DECODE_STAGE 1   /* through the embedding's 1-row stage */
 #define TPC_EMBED_DECODE_PREFILL 2 /* through the embedding's prefill stage, token at row 0 */
+#define TPC_KV_ROWS 0              /* K and V apart, position p at row p; decode nets return one new row */
+#define TPC_KV_SLIDING 1           /* one K|V row per token, right-aligned in the window; decode nets return
+                                    * the window plus the new row, which slides up one row (WizardCoder) */
 #define TPC_SAMPLE_LOGITS 0        /* sample head inputs, by role */
 #define TPC_SAMPLE_IDS 1
 #define TPC_SAMPLE_PENALTY 2
@@ -288,6 +293,9 @@ typedef struct {
   int decode_embed;         /* TPC_EMBED_DECODE_* */
   int decode_embed_stage;   /* the embedding stage decode tokens go through */
   int sample_in[6];         /* sample head input per TPC_SAMPLE_* role, -1: the net has none */
+  int kv_layout;            /* TPC_KV_* */
+  int learned_positions;    /* the embedding takes input_pos; the layers take no positions */
+  float mask_value;         /* what hides a key (0: -10000, the converted nets' value) */
 } tpc_roles;
 
 int tpc_match_roles(const tpc_net_summary *nets, int num_nets, tpc_roles *out, char *err, int errlen);

@@ -117,7 +117,9 @@ def test_a_sample_head_the_shim_cannot_feed_is_not_used():
     assert r["sample_head"] is None and r["sample_inputs"] == {}
 
 
-def test_wizardcoder_is_recognised_and_refused_in_one_line():
+def wizardcoder(window_rows=S + 1):
+    """LLM-TPU models/WizardCoder: a 2-stage embedding with input_pos, blocks of hidden + mask,
+    decode nets of hidden + one K|V past_cache + mask returning the window plus the new row."""
     emb = net("embedding", None, None, stages=[
         ([T("input_ids", "int32", [1, r]), T("input_pos", "int32", [1, r])], [T("hidden", "f32", [1, r, H])])
         for r in (1, S)])
@@ -125,9 +127,23 @@ def test_wizardcoder_is_recognised_and_refused_in_one_line():
                   [T("hidden", "f32", [1, S, H]), T("past_cache", "f32", [1, S, 2 * D])]) for i in range(2)]
     caches = [net(f"block_cache_{i}", [T("hidden", "f32", [1, 1, H]), T("past_cache", "f32", [1, S, 2 * D]),
                                        T("mask", "f32", [1, 1, 1, S + 1])],
-                  [T("hidden", "f32", [1, 1, H]), T("present", "f32", [1, S + 1, 2 * D])]) for i in range(2)]
-    with pytest.raises(ModelError, match=r"^this bmodel is LLM-TPU's WizardCoder layout[^\n]*$"):
-        match_roles([emb, *blocks, *caches, lm_head(True)])
+                  [T("hidden", "f32", [1, 1, H]), T("present", "f32", [1, window_rows, 2 * D])]) for i in range(2)]
+    return [emb, *blocks, *caches, net("lm_head", [T("hidden_states", "f32", [1, H])], [T("token", "int32", [1, 1])])]
+
+
+def test_wizardcoder_layout_is_matched_with_its_sliding_cache():
+    r = match_roles(wizardcoder())
+    assert r["convention"] == "WizardCoder (GPT-BigCode, sliding past_cache)"
+    assert (r["kv_layout"], r["learned_positions"], r["mask_value"]) == ("sliding", True, -1000.0)
+    assert r["num_layers"] == 2 and r["embedding_cache"] is None
+    # its embedding's [1,1] stage comes first, which TPU-MLIR 1.30.2's runtime mis-runs: never used
+    assert (r["decode_embed"], r["decode_embed_stage"]) == ("embedding prefill stage, row 0", 1)
+
+
+def test_a_wizardcoder_decode_net_that_does_not_return_the_window_plus_one_is_refused():
+    with pytest.raises(ModelError, match=r"^not an LLM bmodel[^\n]*block_cache_0 does not return hidden \+ the "
+                                         r"L\+1-row cache[^\n]*$"):
+        match_roles(wizardcoder(window_rows=1))
 
 
 def test_share_cache_layout_is_refused_with_its_name():

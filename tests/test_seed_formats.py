@@ -127,19 +127,53 @@ def test_greedy_ids_equal_transformers(variant, open_variant):
     assert desc.convention == CONVENTION[variant]
 
 
-def test_wizardcoder_is_recognised_and_refused_in_one_line(sim_lib, build, engine_log):
-    """Its sliding combined past_cache is not run yet: opening it must say so in one line
-    (naming the layout), not crash or answer wrongly.  The fixture and its reference are
-    ready for the day it runs (seed_replay.py checks the layout against transformers)."""
-    from tpuchat.errors import TpuchatError
-    from tpuchat.runtime.client import EngineClient
+WIZARD = "seed-wizardcoder"
 
-    build("seed-wizardcoder")
-    with EngineClient(engine_log) as c:
-        with pytest.raises(TpuchatError) as e:
-            c.open(str(models.bmodel_path("seed-wizardcoder")), [0], sim_lib)
-    msg = str(e.value)
-    assert "\n" not in msg and "WizardCoder layout" in msg and "does not run yet" in msg
+
+def test_wizardcoder_greedy_and_turns_through_the_sliding_window(open_variant):
+    """LLM-TPU's WizardCoder layout: learned positions, one K|V window per layer that the
+    decode nets slide up a row per step.  A first answer, a second turn appended to the
+    cached one, and a third that shares less of the cache than it holds (the kept rows
+    must move down to the window's end before the next step) all follow transformers."""
+    client, desc = open_variant(WIZARD)
+    assert desc.convention == "WizardCoder (GPT-BigCode, sliding past_cache)"
+    assert (desc.kv_layout, desc.dtype, desc.kv_heads, desc.head_dim) == ("sliding", "f32", 1, HEAD_DIM)
+    ids = prompt_ids(WIZARD)
+    first, stats = generate(client, ids, 6)
+    assert stats.new_tokens == 6
+    assert_follows_reference(WIZARD, ids, first)
+    turn2 = ids + first + ids[:3]
+    second, stats = generate(client, turn2, 4, reuse="always")
+    assert stats.reused_tokens == len(ids) + len(first) - 1  # the last answer token was never fed
+    assert_follows_reference(WIZARD, turn2, second)
+    turn3 = ids + first[:2] + [7]
+    third, stats = generate(client, turn3, 4, reuse="always")
+    assert stats.reused_tokens == len(ids) + 2
+    assert_follows_reference(WIZARD, turn3, third)
+
+
+def test_wizardcoder_stops_when_the_window_is_full(open_variant):
+    client, desc = open_variant(WIZARD)
+    assert desc.kv_len == desc.seq_len == SEQ
+    ids = (prompt_ids(WIZARD) * 6)[:SEQ - 3]
+    got, stats = generate(client, ids, 50)
+    # one token from the prefill, then one per free row of the window
+    assert len(got) == 4 and stats.stop_reason == "context_full"
+    assert_follows_reference(WIZARD, ids, got)
+
+
+def test_wizardcoder_pinned_prefix_comes_back_into_the_window(open_variant):
+    """A pinned prefix is kept aside and copied back as the window's last rows after
+    another prompt took the cache."""
+    client, _ = open_variant(WIZARD)
+    ids = prompt_ids(WIZARD)
+    doc = ids[:20]
+    assert client.pin_prefix(doc)["tokens"] == len(doc)
+    generate(client, ids[20:40], 1)  # another conversation takes the cache
+    q = doc + [7, 8]
+    got, stats = generate(client, q, 3, reuse="always")
+    assert stats.reused_tokens == len(doc)
+    assert_follows_reference(WIZARD, q, got)
 
 
 def test_sampling_through_the_five_input_penalty_head(open_variant):

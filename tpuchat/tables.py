@@ -40,6 +40,8 @@ def print_model_table(desc, show_nets: bool = False) -> None:
         ("history prefill (block_kv)", "yes" if desc.block_kv else "no"),
         ("sampling", "available" if desc.can_sample else "greedy only (top-1 build)"),
         ("KV cache addressing", "io_alone (cache in block_cache IO)" if desc.addr_mode == 1 else "basic (own buffers)"),
+        ("KV cache layout", "one K|V window per layer, sliding up a row per token" if desc.kv_layout == "sliding"
+         else "K and V rows by position"),
         ("KV cache size", _mb(desc.kv_cache_bytes)),
         ("devices needed", str(desc.num_device)),
     ]

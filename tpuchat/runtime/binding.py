@@ -302,6 +302,7 @@ class Model:
             nets=names,
             convention=self._ffi.string(d.convention).decode(),
             decode_embed=EMBED_DECODE.get(d.decode_embed, str(d.decode_embed)),
+            kv_layout=KV_LAYOUTS.get(d.kv_layout, str(d.kv_layout)),
             devices=devices,
             **self._vision_fields(),
         )
@@ -375,6 +376,7 @@ def _fill_net_desc(ffi, desc, net, keep: list) -> None:
 
 
 EMBED_DECODE = {0: "embedding_cache", 1: "1-row embedding stage", 2: "embedding prefill stage, row 0"}
+KV_LAYOUTS = {0: "rows", 1: "sliding"}
 SAMPLE_ROLES = ("logits", "input_ids", "penalty", "temperature", "top_k", "top_p")
 
 
@@ -418,6 +420,9 @@ def _roles_dict(ffi, r, names: List[str]) -> dict:
         "sample_head": net(r.sample_head),
         "decode_embed": EMBED_DECODE.get(r.decode_embed, str(r.decode_embed)),
         "decode_embed_stage": r.decode_embed_stage,
+        "kv_layout": KV_LAYOUTS.get(r.kv_layout, str(r.kv_layout)),
+        "learned_positions": bool(r.learned_positions),
+        "mask_value": r.mask_value,
         "sample_inputs": {SAMPLE_ROLES[k]: r.sample_in[k] for k in range(6)} if r.sample_head >= 0 else {},
     }
 

@@ -69,6 +69,7 @@ class ModelDesc:
     nets: List[str]
     convention: str = ""  # the bmodel convention the shim matched ("llm_convert", "Qwen-TPU (...)", ...)
     decode_embed: str = ""  # how decode tokens are embedded
+    kv_layout: str = "rows"  # "rows": K/V row p at index p; "sliding": one K|V window, right-aligned (WizardCoder)
     devices: List[DeviceStat] = field(default_factory=list)
     # Vision (Llama-3.2-Vision style): read from the vit net and the layers' inputs.
     has_vision: bool = False
