@@ -120,6 +120,7 @@ void tpc_close(tpc_model *m) {
   if (m->buf.prefix_mem.size) RT.free_device(H(m), m->buf.prefix_mem);
   free(m->kv.prefix_tokens);
   free_vision(m);
+  free_share(m);
   if (m->rt) RT.destroy(m->rt);
   for (int i = 0; i < m->num_handles && !m->borrowed_handles; i++)
     if (m->handles[i]) RT.dev_free(m->handles[i]);
