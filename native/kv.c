@@ -87,6 +87,7 @@ int tpc_position(const tpc_model *m) { return m ? m->kv.position : 0; }
 int tpc_rewind(tpc_model *m, int position) {
   if (!m || position < 0) return TPC_E_ARG;
   if (position < m->kv.position) m->kv.position = position;
+  if (position < m->share.shared) m->share.shared = position; /* later rows follow at SHARE (share.c) */
   return TPC_OK;
 }
 
