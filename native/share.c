@@ -44,9 +44,8 @@ int describe_share(tpc_model *m) {
   shim_share *sh = &m->share;
   if (m->roles.convention != TPC_CONV_SHARE_CACHE) return TPC_OK;
   if (d->num_device > 1) return fail(m, TPC_E_MODEL, "multi-device share-cache bmodels are not supported");
-  if (d->is_dynamic || d->num_stages != 1)
-    return fail(m, TPC_E_MODEL, "this share-cache bmodel's block_0 is dynamic or has %d stages; tpuchat runs the "
-                "static one-stage build", d->num_stages);
+  if (d->num_stages != 1)
+    return fail(m, TPC_E_MODEL, "this share-cache bmodel's block_0 has %d stages; the layout has one", d->num_stages);
   if (!(sh->embed = find_net(m, "embedding_unshare")))
     return fail(m, TPC_E_MODEL, "this share-cache bmodel has block_unshare_0 but no embedding_unshare");
   if (!(sh->block = calloc((size_t)d->num_layers, sizeof(net_t)))) return fail(m, TPC_E_NOMEM, "out of host memory");

@@ -53,7 +53,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MASK = -10000.0
-OUTPUT_NAME = "qwen2-tiny_{quant}_share{share}_unshare{unshare}_1dev.bmodel"  # compile.sh's pattern
+OUTPUT_NAME = "qwen2-tiny_{quant}_share{share}_unshare{unshare}_1dev{dyn}.bmodel"  # compile.sh's pattern
 # The replay: a document (shared part) and two questions after it (unshared parts).
 DOCUMENT = list(range(30, 70))
 QUESTIONS = (list(range(100, 117)), list(range(200, 209)))
@@ -62,7 +62,7 @@ STEPS = 8
 
 # -- export (compiler venv) ---------------------------------------------------------------------
 
-def export_nets(model, share: int, unshare: int, seq: int, out: Path, quantize: str) -> list:
+def export_nets(model, share: int, unshare: int, seq: int, out: Path, quantize: str, dynamic: bool) -> list:
     import torch
 
     import seed_export as se  # beside this script
@@ -105,7 +105,9 @@ def export_nets(model, share: int, unshare: int, seq: int, out: Path, quantize: 
         )
         for name, mod, args, extra, io_alone in nets:
             se.export(mod, args, out / f"{name}.onnx", layer_io + extra, kv_out)
-            steps.append(se.step(name, f"{name}.onnx", quantize, io_alone=io_alone))
+            # compile.sh --dynamic 1: only block_N (the shared part) is compiled dynamic
+            steps.append(dict(se.step(name, f"{name}.onnx", quantize, io_alone=io_alone),
+                              dynamic=dynamic and name.startswith("block_") and not extra))
     return steps
 
 
@@ -230,6 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, required=True, help="KV length: share + unshare + a decode window")
     ap.add_argument("--out", required=True)
     ap.add_argument("--quantize", default="BF16")
+    ap.add_argument("--dynamic", action="store_true", help="block_N dynamic (compile.sh --dynamic 1)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     if args.seq < args.share + args.unshare:
         raise SystemExit("seed_share: --seq must hold the shared and the unshared rows")
@@ -240,8 +243,9 @@ def main(argv=None) -> int:
     model = seed_export.load(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = export_nets(model, args.share, args.unshare, args.seq, out, args.quantize)
-    plan = {"format": "share-cache", "share": args.share, "unshare": args.unshare, "seq": args.seq, "steps": steps}
+    steps = export_nets(model, args.share, args.unshare, args.seq, out, args.quantize, args.dynamic)
+    plan = {"format": "share-cache", "share": args.share, "unshare": args.unshare, "seq": args.seq,
+            "dynamic": args.dynamic, "steps": steps}
     (out / "nets.json").write_text(json.dumps(plan, indent=1) + "\n")
     print(f"exported {len(steps)} nets to {out}")
     result = check(out, model)
@@ -275,7 +279,8 @@ def compile_share(v, src: Path, out: Path, tc, run, env: dict, log_path: Path) -
         net_log = work / f"{stem}.log"
         try:
             run(seed_build.transform_cmd(tc, st, f"{stem}.mlir"), net_log, env, net_dir, 1800)
-            run(seed_build.deploy_cmd(tc, st, f"{stem}.mlir", f"{stem}.bmodel", v.chip), net_log, env, net_dir, 1800)
+            deploy = seed_build.deploy_cmd(tc, st, f"{stem}.mlir", f"{stem}.bmodel", v.chip)
+            run(deploy + (["--dynamic"] if st.get("dynamic") else []), net_log, env, net_dir, 1800)
         finally:
             with open(log_path, "a") as fh:
                 fh.write(net_log.read_text(errors="replace"))
@@ -283,7 +288,8 @@ def compile_share(v, src: Path, out: Path, tc, run, env: dict, log_path: Path) -
 
     with ThreadPoolExecutor(max_workers=seed_build.jobs()) as pool:
         parts = list(pool.map(lambda a: compile_net(*a), enumerate(plan["steps"])))
-    name = OUTPUT_NAME.format(quant=v.quantize, share=plan["share"], unshare=plan["unshare"])
+    name = OUTPUT_NAME.format(quant=v.quantize, share=plan["share"], unshare=plan["unshare"],
+                              dyn="_dyn" if plan["dynamic"] else "")
     run([str(tc.model_tool), "--combine", *parts, "-o", str(out / name)], log_path, env, work, 600)
     with open(out / "model_info.txt", "w") as fh:
         proc = subprocess.run([str(tc.model_tool), "--info", str(out / name)], stdout=fh,
