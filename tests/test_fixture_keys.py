@@ -43,7 +43,7 @@ def test_the_onnx_exporter_keys_only_the_seed_format_fixtures(monkeypatch, tmp_p
 def test_the_share_cache_module_keys_only_its_fixture(monkeypatch, tmp_path):
     before = _keys()
     _edit(monkeypatch, tmp_path, "SEED_SHARE")
-    assert _changed(before, _keys()) == {"seed-share-cache", "seed-share-cache-dynamic"}
+    assert _changed(before, _keys()) == {"seed-share-cache"}
 
 
 def test_the_bigcode_source_script_keys_only_the_wizardcoder_fixture(monkeypatch, tmp_path):

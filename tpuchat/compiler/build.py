@@ -120,9 +120,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     # (the demo's shipped bmodels have no extra decode window: the answer fills the unshared rows).
     Variant("seed-share-cache", "qwen2", "bf16", "bf16", seq_length=192, route="share-cache",
             extra=("--share", "128", "--unshare", "64")),
-    # ... its --dynamic 1 build (block_N dynamic; the unshared and decode nets stay static)
-    Variant("seed-share-cache-dynamic", "qwen2", "bf16", "bf16", seq_length=192, route="share-cache",
-            extra=("--share", "128", "--unshare", "64", "--dynamic")),
+    # (its --dynamic 1 build, seed_share.py --dynamic, compiles but its dynamic block_N kills the
+    # simulator's firmware at every length: not a fixture; the shim refuses such builds in one line)
 ]}
 ALIASES = {"demo": DEMO_ALIAS}
 NAMES = (*VARIANTS, *ALIASES)
