@@ -72,6 +72,8 @@ int describe_share(tpc_model *m) {
                 "history, KV length %d", sh->share_rows, u0->name, sh->unshare_rows, hist, d->kv_len);
   if (!(sh->host = calloc((size_t)sh->unshare_rows * 2, sizeof(int32_t)))) /* ids, then positions */
     return fail(m, TPC_E_NOMEM, "out of host memory");
+  snprintf(d->convention, sizeof d->convention, "%.40s (share %d, unshare %d)", m->roles.name, sh->share_rows,
+           sh->unshare_rows); /* what `tpuchat info` names */
   sh->on = 1;
   return TPC_OK;
 }

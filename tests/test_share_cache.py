@@ -78,7 +78,7 @@ def test_questions_after_a_pinned_document(open_variant):
     """Each question runs only the unshared nets over the pinned document's rows; the
     second one reuses the same shared rows.  Tokens follow transformers'."""
     client, desc = open_variant(VARIANT)
-    assert desc.convention == "LLM-TPU share-cache"
+    assert desc.convention == "LLM-TPU share-cache (share 128, unshare 64)"
     assert client.pin_prefix(DOCUMENT)["tokens"] == len(DOCUMENT)
     refs = models.reference(VARIANT, [DOCUMENT + q for q in QUESTIONS], 6)
     for q, ref in zip(QUESTIONS, refs):
