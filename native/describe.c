@@ -262,7 +262,7 @@ static int describe_lm_head(tpc_model *m) {
 int describe_nets(tpc_model *m) {
   int rc;
   if ((rc = match_roles(m)) || (rc = find_role_nets(m)) || (rc = find_block_kv(m)) || (rc = describe_layout(m)) ||
-      (rc = describe_kv(m)) || (rc = describe_lm_head(m)))
+      (rc = describe_kv(m)) || (rc = describe_lm_head(m)) || (rc = describe_share(m)))
     return rc;
   return describe_vision(m);
 }

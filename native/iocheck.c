@@ -30,6 +30,10 @@ static int need(tpc_model *m, net_t n, int stage, int is_out, int k, int dtype, 
   return TPC_OK;
 }
 
+int need_io(tpc_model *m, net_t n, int stage, int is_out, int k, int dtype, size_t bytes, const char *what) {
+  return need(m, n, stage, is_out, k, dtype, bytes, what);
+}
+
 static size_t io_bytes(net_t n, int stage, int is_out, int k) {
   const bmapi_shape_t *s = is_out ? &n->stages[stage].output_shapes[k] : &n->stages[stage].input_shapes[k];
   return shape_count(s, 0) * (size_t)dtype_size(is_out ? n->output_dtypes[k] : n->input_dtypes[k]);
@@ -142,5 +146,5 @@ int check_io(tpc_model *m) {
     if (m->vis.is_cross && m->vis.is_cross[i]) continue;
     if ((rc = check_block(m, m->net.block[i])) || (rc = check_block_cache(m, m->net.block_cache[i]))) return rc;
   }
-  return TPC_OK;
+  return check_share_io(m);
 }

@@ -101,8 +101,9 @@ int kv_keep_decode(tpc_model *m, int layer, const bmapi_tensor_t *out, int p) {
     return copy_d2d(m, m->buf.kv_k[layer], 0, out[1].device_mem, row, (size_t)m->d.kv_len * row, "K|V cache window");
   }
   if (m->buf.direct_io) return TPC_OK;
-  int rc = copy_d2d(m, m->buf.kv_k[layer], (size_t)p * row, out[1].device_mem, 0, row, "K cache");
-  return rc ? rc : copy_d2d(m, m->buf.kv_v[layer], (size_t)p * row, out[2].device_mem, 0, row, "V cache");
+  size_t at = (size_t)kv_row(m, p) * row; /* p, except in the share-cache layout */
+  int rc = copy_d2d(m, m->buf.kv_k[layer], at, out[1].device_mem, 0, row, "K cache");
+  return rc ? rc : copy_d2d(m, m->buf.kv_v[layer], at, out[2].device_mem, 0, row, "V cache");
 }
 
 /* Sliding layout: before a decode step at position p, the rows of positions
@@ -151,6 +152,7 @@ int tpc_position(const tpc_model *m) { return m ? m->kv.position : 0; }
 int tpc_rewind(tpc_model *m, int position) {
   if (!m || position < 0) return TPC_E_ARG;
   if (position < m->kv.position) m->kv.position = position;
+  if (position < m->share.shared) m->share.shared = position; /* later rows follow at SHARE (share.c) */
   return TPC_OK;
 }
 

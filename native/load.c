@@ -121,6 +121,7 @@ void tpc_close(tpc_model *m) {
   if (m->buf.slide_mask.size) RT.free_device(H(m), m->buf.slide_mask);
   free(m->kv.prefix_tokens);
   free_vision(m);
+  free_share(m);
   if (m->rt) RT.destroy(m->rt);
   for (int i = 0; i < m->num_handles && !m->borrowed_handles; i++)
     if (m->handles[i]) RT.dev_free(m->handles[i]);

@@ -45,7 +45,8 @@ int tpc_pin_prefix(tpc_model *m, const int *ids, int n) {
   if (!toks) return fail(m, TPC_E_NOMEM, "out of host memory");
   int want = m->vis.want_img_pos, next;
   m->vis.want_img_pos = -1; /* the pinned rows are text: they serve any prompt up to its image token */
-  int rc = tpc_prefill_reuse(m, ids, n, &next); /* computes only what is not cached yet */
+  /* computes only what is not cached yet */
+  int rc = m->share.on ? share_pin(m, ids, n) : tpc_prefill_reuse(m, ids, n, &next);
   m->vis.want_img_pos = want;
   if (rc) {
     free(toks);

@@ -20,9 +20,7 @@ typedef struct {
 
 static const convention CONVENTIONS[] = {
     {TPC_CONV_SHARE_CACHE, "LLM-TPU share-cache", "embedding", "embedding_cache", "block_%d", "block_cache_%d",
-     "lm_head", "block_unshare_0", 1, 5, TPC_KV_ROWS, 0,
-     "this bmodel uses the older share-cache layout (embedding_unshare / block_unshare_N), which tpuchat does "
-     "not run yet; compile it with llm_convert --use_history_kv and use --prefix-file"},
+     "lm_head", "block_unshare_0", 1, 5, TPC_KV_ROWS, 0, NULL}, /* run by share.c */
     {TPC_CONV_LLM_CONVERT, "llm_convert", "embedding", "embedding_cache", "block_%d", "block_cache_%d", "lm_head",
      NULL, 1, 5, TPC_KV_ROWS, 0, NULL},
     {TPC_CONV_QWEN_TPU, "Qwen-TPU (qwen_block, 2-stage embedding)", "embedding", NULL, "qwen_block_%d",

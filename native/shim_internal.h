@@ -13,6 +13,7 @@
  *   step.c       prefill and decode: one forward path for every convention
  *   heads.c      lm_head, greedy/sample heads, host sampling
  *   prefix.c     a pinned shared prefix (KV rows kept aside)
+ *   share.c      LLM-TPU's share-cache layout (shared / unshared nets)
  *   vision.c     the vit net and the cross-attention layers
  *   md_plan.c    multi-device layout plans (pure)
  *   md_exec.c    multi-device execution
@@ -172,6 +173,17 @@ typedef struct {
   size_t host_bytes;
 } shim_md;
 
+/* LLM-TPU's share-cache layout (share.c; all zero for other bmodels). */
+typedef struct {
+  int on;
+  net_t embed;              /* embedding_unshare */
+  net_t *block;             /* block_unshare_N [num_layers] */
+  int share_rows;           /* SHARE: block_N's rows, the unshared nets' history rows */
+  int unshare_rows;         /* UNSHARE: block_unshare_N's rows */
+  int shared;               /* tokens of the shared part in the cache (rows [0, shared)) */
+  int32_t *host;            /* host scratch: UNSHARE ids, then UNSHARE positions */
+} shim_share;
+
 /* Vision (all zero for text-only bmodels). */
 typedef struct {
   net_t vit;
@@ -213,6 +225,7 @@ struct tpc_model {
   shim_stats stats;       /* timing */
   shim_md md;             /* multi-device */
   shim_vision vis;        /* vision */
+  shim_share share;       /* share-cache layout */
 };
 
 /* runtime.c */
@@ -236,6 +249,7 @@ SHIM const char *convention_layer_fmt(int id, int decode);
 
 /* iocheck.c */
 SHIM int check_io(tpc_model *m);
+SHIM int need_io(tpc_model *m, net_t n, int stage, int is_out, int k, int dtype, size_t bytes, const char *what);
 
 /* device.c */
 #define TIMED(expr)                      \
@@ -289,6 +303,16 @@ SHIM int run_head(tpc_model *m, bmapi_mem_t hidden_row, int end, int *tok);
 
 /* step.c */
 SHIM int decode_impl(tpc_model *m, int token, int need_head, int *next_token);
+SHIM int prefill_impl(tpc_model *m, const int *ids, int n, int need_head, int *next_token);
+
+/* share.c */
+SHIM int kv_row(const tpc_model *m, int p);
+SHIM int describe_share(tpc_model *m);
+SHIM int check_share_io(tpc_model *m);
+SHIM void free_share(tpc_model *m);
+SHIM int share_decode_mask(tpc_model *m, bmapi_mem_t mask_mem, int p);
+SHIM int share_prefill(tpc_model *m, const int *ids, int n, int reuse, int *next_token);
+SHIM int share_pin(tpc_model *m, const int *ids, int n);
 
 /* prefix.c */
 SHIM int restore_prefix(tpc_model *m, int rows);

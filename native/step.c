@@ -98,7 +98,7 @@ static int prefill_layer(tpc_model *m, int i, prefill_plan *pp, bmapi_mem_t *hid
   return TPC_OK;
 }
 
-static int prefill_impl(tpc_model *m, const int *ids, int n, int need_head, int *next_token) {
+int prefill_impl(tpc_model *m, const int *ids, int n, int need_head, int *next_token) {
   tpc_desc *d = &m->d;
   if (!ids || n < 1) return fail(m, TPC_E_ARG, "prefill needs at least one token");
   if (n > d->seq_len)
@@ -160,6 +160,7 @@ static void note_prefill_cost(tpc_model *m, int n) {
 
 int tpc_prefill(tpc_model *m, const int *ids, int n, int *next_token) {
   if (!m) return TPC_E_ARG;
+  if (m->share.on) return share_prefill(m, ids, n, 0, next_token);
   int none = 0, rc0 = ids && n >= 1 ? image_checks(m, n, &none, 0) : TPC_OK;
   if (rc0) return rc0;
   m->vis.seq_img_pos = m->vis.want_img_pos;
@@ -260,6 +261,7 @@ int tpc_set_append_policy(tpc_model *m, int policy) {
 
 int tpc_prefill_reuse(tpc_model *m, const int *ids, int n, int *next_token) {
   if (!m) return TPC_E_ARG;
+  if (m->share.on) return share_prefill(m, ids, n, 1, next_token);
   tpc_desc *d = &m->d;
   if (!ids || n < 1) return fail(m, TPC_E_ARG, "prefill needs at least one token");
   if (n > d->kv_len)
@@ -335,6 +337,12 @@ static int embed_decode_token(tpc_model *m, int token, int p, bmapi_mem_t *hidde
   return TPC_OK;
 }
 
+/* The decode mask of the rows layouts: the share-cache layout's has a gap
+ * between the shared and the unshared rows. */
+static int decode_mask(tpc_model *m, bmapi_mem_t mem, int p) {
+  return m->share.on ? share_decode_mask(m, mem, p) : update_decode_mask(m, mem, p);
+}
+
 /* One self-attention decode layer at position p.  pos_mem / mask_mem are
  * layer 0's (io_alone row layout, shared by reference) or, sliding, our own
  * decode mask. */
@@ -350,14 +358,14 @@ static int decode_layer(tpc_model *m, int i, int p, bmapi_mem_t pos_mem, bmapi_m
   if (m->buf.direct_io) {
     if (i == 0 && !sliding) {
       if ((rc = upload(m, pos_mem, 0, &pos, 4, "position id"))) return rc;
-      if ((rc = update_decode_mask(m, mask_mem, p))) return rc;
+      if ((rc = decode_mask(m, mask_mem, p))) return rc;
     }
     in[0].device_mem = *hidden;
     if (nt->cache_pos >= 0) in[nt->cache_pos].device_mem = pos_mem;
     in[nt->cache_mask].device_mem = mask_mem;
     if (!sliding) {
-      out[1].device_mem = kv_view(m, m->buf.kv_k[i], p);
-      out[2].device_mem = kv_view(m, m->buf.kv_v[i], p);
+      out[1].device_mem = kv_view(m, m->buf.kv_k[i], kv_row(m, p));
+      out[2].device_mem = kv_view(m, m->buf.kv_v[i], kv_row(m, p));
     }
   } else {
     if ((rc = copy_d2d(m, in[0].device_mem, 0, *hidden, 0, m->buf.hidden_bytes, "hidden state"))) return rc;
@@ -366,7 +374,7 @@ static int decode_layer(tpc_model *m, int i, int p, bmapi_mem_t pos_mem, bmapi_m
       in[nt->cache_mask].device_mem = mask_mem;
     } else {
       m->kv.mask_zeros = -1;
-      if ((rc = update_decode_mask(m, in[nt->cache_mask].device_mem, p))) return rc;
+      if ((rc = decode_mask(m, in[nt->cache_mask].device_mem, p))) return rc;
     }
   }
   if ((rc = launch(m, c, in, out)) || (rc = kv_keep_decode(m, i, out, p))) return rc;
@@ -376,9 +384,9 @@ static int decode_layer(tpc_model *m, int i, int p, bmapi_mem_t pos_mem, bmapi_m
 
 int decode_impl(tpc_model *m, int token, int need_head, int *next_token) {
   tpc_desc *d = &m->d;
-  int p = m->kv.position, rc;
+  int p = m->kv.position, row = kv_row(m, p), rc; /* row: p, except in the share-cache layout */
   if (p <= 0) return fail(m, TPC_E_ARG, "decode before prefill");
-  if (p >= d->kv_len)
+  if (row >= d->kv_len)
     return fail(m, TPC_E_FULL, "the context is full: all %d KV positions are used", d->kv_len);
   if (m->md.on) return md_decode(m, token, need_head, next_token);
 

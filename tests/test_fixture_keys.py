@@ -35,7 +35,15 @@ def test_the_onnx_exporter_keys_only_the_seed_format_fixtures(monkeypatch, tmp_p
     before = _keys()
     _edit(monkeypatch, tmp_path, attr)
     seeds = {n for n, v in build.VARIANTS.items() if v.route in build.SEED_ROUTES}
+    if attr == "SEED_REPLAY":  # the share-cache route has its own replay (seed_share.py)
+        seeds = {n for n in seeds if build.VARIANTS[n].route != "share-cache"}
     assert seeds and _changed(before, _keys()) == seeds
+
+
+def test_the_share_cache_module_keys_only_its_fixture(monkeypatch, tmp_path):
+    before = _keys()
+    _edit(monkeypatch, tmp_path, "SEED_SHARE")
+    assert _changed(before, _keys()) == {"seed-share-cache"}
 
 
 def test_the_bigcode_source_script_keys_only_the_wizardcoder_fixture(monkeypatch, tmp_path):

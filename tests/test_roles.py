@@ -146,10 +146,16 @@ def test_a_wizardcoder_decode_net_that_does_not_return_the_window_plus_one_is_re
         match_roles(wizardcoder(window_rows=1))
 
 
-def test_share_cache_layout_is_refused_with_its_name():
-    nets = llm_convert(top1=False) + [embedding("embedding_unshare"), block("block_unshare_0")]
-    with pytest.raises(ModelError, match="share-cache layout"):
-        match_roles(nets)
+def test_share_cache_layout_is_recognised_by_its_unshared_nets():
+    """LLM-TPU share_cache_demo: sophon-demo's nets plus embedding_unshare / block_unshare_N (the
+    shim checks the unshared nets' shapes at open, share.c)."""
+    unshare = [embedding("embedding_unshare", rows=(S // 2,))] + [block(f"block_unshare_{i}", rows=S // 2)
+                                                                   for i in range(2)]
+    r = match_roles(llm_convert(top1=False) + [greedy_head(), penalty_sample_head()] + unshare)
+    assert r["convention"] == "LLM-TPU share-cache"
+    assert (r["num_layers"], r["embedding_cache"], r["greedy_head"], r["sample_head"]) == (
+        2, "embedding_cache", "greedy_head", "penalty_sample_head")
+    assert match_roles(llm_convert(top1=False))["convention"] == "llm_convert"  # without them: not share-cache
 
 
 def test_unknown_layout_names_the_roles_it_lacks_and_its_nets():

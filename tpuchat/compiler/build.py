@@ -47,8 +47,10 @@ CONVERT_DRIVER = HERE / "convert_driver.py"
 SEED_EXPORT = HERE / "seed_export.py"
 SEED_BUILD = HERE / "seed_build.py"
 SEED_REPLAY = HERE / "seed_replay.py"
-# Routes that compile per-net ONNX as Sophgo's older pipelines did (seed_build.py).
-SEED_ROUTES = ("sophon-demo", "qwen-tpu", "wizardcoder")
+# LLM-TPU's share-cache layout: its own exporter/replay/compile module (which imports the three above).
+SEED_SHARE = HERE / "seed_share.py"
+# Routes that compile per-net ONNX as Sophgo's older pipelines did (seed_build.py, seed_share.py).
+SEED_ROUTES = ("sophon-demo", "qwen-tpu", "wizardcoder", "share-cache")
 # The source-model script of each architecture (tiny_bigcode.py builds on tinymodels.py).
 TINY_BIGCODE = HERE / "tiny_bigcode.py"
 
@@ -114,6 +116,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("seed-qwen-tpu", "qwen2", "bf16", "bf16", route="qwen-tpu"),
     # WizardCoder (LLM-TPU models/WizardCoder): a tiny GPT-BigCode, F16 with f32 IO, basic addressing.
     Variant("seed-wizardcoder", "gpt_bigcode", "f16", "f16", route="wizardcoder"),
+    # LLM-TPU share_cache_demo: shared part 128 rows, unshared part 64, KV length = share + unshare
+    # (the demo's shipped bmodels have no extra decode window: the answer fills the unshared rows).
+    Variant("seed-share-cache", "qwen2", "bf16", "bf16", seq_length=192, route="share-cache",
+            extra=("--share", "128", "--unshare", "64")),
+    # (its --dynamic 1 build, seed_share.py --dynamic, compiles but its dynamic block_N kills the
+    # simulator's firmware at every length: not a fixture; the shim refuses such builds in one line)
 ]}
 ALIASES = {"demo": DEMO_ALIAS}
 NAMES = (*VARIANTS, *ALIASES)
@@ -158,8 +166,10 @@ def _requirements(v: Variant) -> tuple[str, ...]:
 def variant_sources(v: Variant) -> tuple[Path, ...]:
     """The scripts whose content shapes variant `v`'s output (beside its parameters):
     the source model's script and the variant's own compile route, nothing else."""
-    if v.route in SEED_ROUTES:
-        route: tuple[Path, ...] = (SEED_EXPORT, SEED_BUILD, SEED_REPLAY)
+    if v.route == "share-cache":
+        route: tuple[Path, ...] = (SEED_SHARE, SEED_EXPORT, SEED_BUILD)
+    elif v.route in SEED_ROUTES:
+        route = (SEED_EXPORT, SEED_BUILD, SEED_REPLAY)
     elif v.route != "llm_convert":
         raise BuildError(f"variant {v.name}: unknown route {v.route!r}")
     else:
@@ -340,7 +350,12 @@ def _compile_seed(v: Variant, src: Path, out: Path, tc: toolchain.Toolchain, log
     try:
         env = _venv_env(tc)
         env["PYTHONPATH"] = str(toolchain.ensure_onnx(tc, log=_log))
-        bmodel = seed_build.compile_seed(v, src, out, tc, _run_logged, env, log_path)
+        if v.route == "share-cache":
+            from . import seed_share
+
+            bmodel = seed_share.compile_share(v, src, out, tc, _run_logged, env, log_path)
+        else:
+            bmodel = seed_build.compile_seed(v, src, out, tc, _run_logged, env, log_path)
     except RuntimeError as exc:  # BuildError included
         raise BuildError(str(exc)) from None
     _copy_config(out, src)

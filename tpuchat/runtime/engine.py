@@ -5,7 +5,7 @@ import os
 import time
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
-from ..errors import ImageError, ImageNotHeld, PromptTooLong, TpuchatError
+from ..errors import ContextFull, ImageError, ImageNotHeld, PromptTooLong, TpuchatError
 from .binding import Model, load_runtime
 from .protocol import GenerationStats, ModelDesc
 from .bmodel_file import check_bmodel_file
@@ -227,7 +227,11 @@ class Engine:
             t = clock()
             if not steps:
                 loop_start = t
-            token = model.decode(token)
+            try:
+                token = model.decode(token)
+            except ContextFull:  # a layout whose rows run out before kv_len (share-cache)
+                st.stop_reason = "context_full"
+                break
             loop_end = clock()
             _, dev, _, n_launch, n_copy = model.last_timing()
             steps += 1
