@@ -13,6 +13,7 @@ from textual.widgets import Input, Label, ListItem, ListView, Markdown, Static, 
 
 from ..chat.statsline import format_stats
 from .markdown_stream import StreamingMarkdown
+from .growing import GrowingWidget
 
 
 def fmt_stats(stats, stopped: bool = False, error: Optional[str] = None, model: Optional[str] = None,
@@ -21,7 +22,7 @@ def fmt_stats(stats, stopped: bool = False, error: Optional[str] = None, model: 
     return format_stats(stats, "footer", stopped, error, model, live)
 
 
-class MessageBox(Vertical):
+class MessageBox(GrowingWidget, Vertical):
     """One message.  Assistant answers render as Markdown and can grow while streaming."""
 
     def __init__(self, role: str, text: str = "", footer: str = "", title: str = "", image=None, **kw):
@@ -97,7 +98,7 @@ def _fits_one_line(markup: str, width: int) -> bool:
     return Text.from_markup(markup).cell_len <= width
 
 
-class ChatView(VerticalScroll):
+class ChatView(GrowingWidget, VerticalScroll):
     """The transcript.  Sticks to the bottom while an answer streams unless the user scrolls up."""
 
     can_focus = True
