@@ -46,3 +46,19 @@ class GrowingWidget:
                 super()._size_updated(size, virtual_size, container_size, layout=False)
                 return True  # the size did change: a Resize event is due
             return super()._size_updated(size, virtual_size, container_size, layout=False)
+
+
+class GrowingScroll(GrowingWidget):
+    """GrowingWidget for a scrolling container (the transcript): its scrollbar, which changes with
+    every growth, is painted in the frame of the layout pass that changed it.  Textual would paint
+    it in a frame of its own right after (one more frame per tick, and more bytes to the terminal)."""
+
+    if _HAS_LAYOUT_FLAG:
+        def _size_updated(self, size, virtual_size, container_size, layout: bool = True) -> bool:
+            changed = super()._size_updated(size, virtual_size, container_size, layout)
+            if changed and self.show_vertical_scrollbar:
+                compositor = getattr(self.screen, "_compositor", None)
+                if compositor is not None and hasattr(compositor, "update_widgets"):
+                    # hands the scrollbar's fresh repaint request to the frame being built
+                    compositor.update_widgets({self.vertical_scrollbar})
+            return changed

@@ -13,7 +13,7 @@ from textual.widgets import Input, Label, ListItem, ListView, Markdown, Static, 
 
 from ..chat.statsline import format_stats
 from .markdown_stream import StreamingMarkdown
-from .growing import GrowingWidget
+from .growing import GrowingScroll, GrowingWidget
 
 
 def fmt_stats(stats, stopped: bool = False, error: Optional[str] = None, model: Optional[str] = None,
@@ -98,7 +98,7 @@ def _fits_one_line(markup: str, width: int) -> bool:
     return Text.from_markup(markup).cell_len <= width
 
 
-class ChatView(GrowingWidget, VerticalScroll):
+class ChatView(GrowingScroll, VerticalScroll):
     """The transcript.  Sticks to the bottom while an answer streams unless the user scrolls up."""
 
     can_focus = True
