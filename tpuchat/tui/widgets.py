@@ -13,6 +13,7 @@ from textual.widgets import Input, Label, ListItem, ListView, Markdown, Static, 
 
 from ..chat.statsline import format_stats
 from .markdown_stream import StreamingMarkdown
+from .frozen import FrozenRows, freeze, under_mouse
 from .growing import GrowingScroll, GrowingWidget
 
 
@@ -71,6 +72,7 @@ class MessageBox(GrowingWidget, Vertical):
         """The answer is complete (or stopped): show `text` as one Markdown document, exactly as
         an answer loaded from the store is shown."""
         self.text = text
+        self._thaw_now()
         body = self.body
         # Not awaited: the swap is queued at once, and whoever finishes the answer (store writes,
         # footer, sidebar) does not wait for the Markdown to be built.
@@ -79,6 +81,31 @@ class MessageBox(GrowingWidget, Vertical):
             body.remove()
         elif body.source != text:
             body.update(text)
+
+    # -- a finished answer is drawn from its painted rows (frozen.py) ------------------------------
+    def on_markdown_table_of_contents_updated(self, event: Markdown.TableOfContentsUpdated) -> None:
+        """The body's Markdown is built: freeze it after its first paint."""
+        event.stop()
+        self.call_after_refresh(self._freeze_body)
+
+    def _freeze_body(self) -> None:
+        body = self.body if self.is_mounted else None
+        if not isinstance(body, Markdown) or not body.display or not self.text or self.frozen is not None:
+            return
+        if under_mouse(body):
+            self.set_timer(1.0, self._freeze_body)  # the mouse is using it: try again later
+            return
+        freeze(body, on_thaw=lambda: self.call_after_refresh(self._freeze_body))
+
+    @property
+    def frozen(self) -> Optional[FrozenRows]:
+        found = [w for w in self.children if isinstance(w, FrozenRows)]
+        return found[0] if found else None
+
+    def _thaw_now(self) -> None:
+        frozen = self.frozen
+        if frozen is not None:
+            frozen.drop()
 
     def set_footer(self, markup: str) -> None:
         """Change the line under the message; a line that still fits is redrawn without a layout
