@@ -19,12 +19,23 @@ ANSWER = ("# Sorting\n\nHere is a **bubble sort** with `xs` in Python, and a lis
 
 
 def screen_rows(app, widget=None):
-    """What the screen shows (of `widget`'s region): each row's text and styles."""
+    """What the screen shows (of `widget`'s region): each cell's character and colours/attributes."""
     strips = app.screen._compositor.render_strips()
     if widget is not None:
         r = widget.region
         strips = [strip.crop(r.x, r.right) for strip in strips[r.y:r.bottom]]
-    return [[(seg.text, seg.style) for seg in strip] for strip in strips]
+    return [[(ch, _look(ch, seg.style)) for seg in strip for ch in seg.text] for strip in strips]
+
+
+def _look(ch, style):
+    """What a cell looks like: a blank shows its background (and lines through or under it) only;
+    Textual's click/offset metadata is not seen at all."""
+    if style is None:
+        return None
+    if ch == " ":
+        return None, style.bgcolor, None, None, style.underline, style.strike, style.reverse, None
+    return style.color, style.bgcolor, style.bold, style.italic, style.underline, style.strike, style.reverse, \
+        style.dim
 
 
 def widget_rows(app, widget):
@@ -64,7 +75,7 @@ def test_streamed_in_pieces_shows_what_the_whole_text_shows():
     asyncio.run(run("at once", [ANSWER]))
     asyncio.run(run("streamed", ["".join(tokens[i:i + 3]) for i in range(0, len(tokens), 3)]))
     assert shown["streamed"] == shown["at once"]
-    assert any("word119" in "".join(t for t, _ in row) for row in shown["at once"])
+    assert any("word119" in "".join(ch for ch, _ in row) for row in shown["at once"])
 
 
 async def _send(pilot, text):
@@ -94,17 +105,19 @@ def test_finished_answer_drawn_from_rows_looks_like_the_live_markdown(app_factor
             await _send(pilot, "go")
             box = [b for b in app.query(MessageBox) if b.role == "assistant"][-1]
             frozen = await _frozen(pilot, box)
-            md = frozen.source
+            md = box.body
             assert isinstance(md, Markdown) and md.source == ANSWER and not md.display
+            assert [b for b in app.query(MessageBox) if b.role == "user"][-1].frozen is not None
             await pilot.pause(0.1)
             as_frozen = screen_rows(app, app.chat)  # (the input's cursor blinks)
-            monkeypatch.setattr(MessageBox, "_freeze_body", lambda self: None)  # stay live once thawed
-            frozen.thaw()
+            monkeypatch.setattr(MessageBox, "_freeze", lambda self: None)  # stay live once thawed
+            for b in app.query(MessageBox):
+                b.thaw()
             while box.frozen is not None or not md.display:
                 await pilot.pause(0.05)
             await pilot.pause(0.1)
             assert screen_rows(app, app.chat) == as_frozen
-            assert any("word119" in "".join(t for t, _ in row) for row in as_frozen)
+            assert any("word119" in "".join(ch for ch, _ in row) for row in as_frozen)
 
     asyncio.run(run())
 
@@ -186,5 +199,27 @@ def test_view_follows_the_answer_until_the_user_scrolls_up(app_factory):
             assert chat.scroll_y == chat.max_scroll_y
             while app.generating:
                 await pilot.pause(0.05)
+
+    asyncio.run(run())
+
+
+def test_the_mouse_gets_the_live_message(app_factory):
+    """Links, wide code blocks and selection need the real widgets: hovering a frozen message
+    brings them back."""
+    app = app_factory(model=FakeModel(answer=ANSWER, rate=0, prefill_s=0))
+
+    async def run():
+        async with app.run_test(size=(90, 60)) as pilot:
+            while app.model is None:
+                await pilot.pause(0.05)
+            await _send(pilot, "go")
+            box = [b for b in app.query(MessageBox) if b.role == "assistant"][-1]
+            frozen = await _frozen(pilot, box)
+            await pilot.hover(frozen, offset=(2, 2))
+            for _ in range(40):
+                if box.frozen is None and box.body.display:
+                    break
+                await pilot.pause(0.05)
+            assert box.frozen is None and box.body.display
 
     asyncio.run(run())

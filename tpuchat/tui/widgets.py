@@ -13,7 +13,7 @@ from textual.widgets import Input, Label, ListItem, ListView, Markdown, Static, 
 
 from ..chat.statsline import format_stats
 from .markdown_stream import StreamingMarkdown
-from .frozen import FrozenRows, freeze, under_mouse
+from .frozen import FrozenRows, freeze_contents, under_mouse
 from .growing import GrowingScroll, GrowingWidget
 
 
@@ -34,6 +34,7 @@ class MessageBox(GrowingWidget, Vertical):
         self._footer_text = footer
         self._title = title or ("You" if role == "user" else "Assistant")
         self._stream_parts: List[str] = []
+        self._freeze_tries = 0
 
     def compose(self) -> ComposeResult:
         yield Label(escape(self._title), classes="msg-title")
@@ -72,7 +73,7 @@ class MessageBox(GrowingWidget, Vertical):
         """The answer is complete (or stopped): show `text` as one Markdown document, exactly as
         an answer loaded from the store is shown."""
         self.text = text
-        self._thaw_now()
+        self.thaw()
         body = self.body
         # Not awaited: the swap is queued at once, and whoever finishes the answer (store writes,
         # footer, sidebar) does not wait for the Markdown to be built.
@@ -82,27 +83,35 @@ class MessageBox(GrowingWidget, Vertical):
         elif body.source != text:
             body.update(text)
 
-    # -- a finished answer is drawn from its painted rows (frozen.py) ------------------------------
-    def on_markdown_table_of_contents_updated(self, event: Markdown.TableOfContentsUpdated) -> None:
-        """The body's Markdown is built: freeze it after its first paint."""
-        event.stop()
-        self.call_after_refresh(self._freeze_body)
+    # -- a finished message is drawn from its painted rows (frozen.py) ----------------------------
+    def on_mount(self) -> None:
+        if self.role != "assistant":
+            self.call_after_refresh(self._freeze)
 
-    def _freeze_body(self) -> None:
-        body = self.body if self.is_mounted else None
-        if not isinstance(body, Markdown) or not body.display or not self.text or self.frozen is not None:
+    def on_markdown_table_of_contents_updated(self, event: Markdown.TableOfContentsUpdated) -> None:
+        """The answer's Markdown is built: freeze the message after its first paint."""
+        event.stop()
+        self.call_after_refresh(self._freeze)
+
+    def _freeze(self) -> None:
+        if not self.is_mounted or self.frozen is not None:
             return
-        if under_mouse(body):
-            self.set_timer(1.0, self._freeze_body)  # the mouse is using it: try again later
-            return
-        freeze(body, on_thaw=lambda: self.call_after_refresh(self._freeze_body))
+        if self.role == "assistant" and (not self.text or not isinstance(self.body, Markdown)):
+            return  # streaming, or not answered yet
+        if under_mouse(self):
+            self.set_timer(1.0, self._freeze)  # the mouse is using it: try again later
+        elif freeze_contents(self, on_thaw=lambda: self.call_after_refresh(self._freeze)) is None \
+                and self.display and self._freeze_tries < 3:
+            self._freeze_tries += 1  # not laid out yet
+            self.call_after_refresh(self._freeze)
 
     @property
     def frozen(self) -> Optional[FrozenRows]:
         found = [w for w in self.children if isinstance(w, FrozenRows)]
         return found[0] if found else None
 
-    def _thaw_now(self) -> None:
+    def thaw(self) -> None:
+        """Show the real widgets now (before changing them); frozen again after the change."""
         frozen = self.frozen
         if frozen is not None:
             frozen.drop()
@@ -110,6 +119,9 @@ class MessageBox(GrowingWidget, Vertical):
     def set_footer(self, markup: str) -> None:
         """Change the line under the message; a line that still fits is redrawn without a layout
         pass (the live stats change every tick, their height does not)."""
+        if self.frozen is not None:
+            self.thaw()
+            self.call_after_refresh(self._freeze)
         footer = self.query_one(".msg-footer", Static)
         same_height = bool(self._footer_text) and _fits_one_line(markup, footer.content_size.width) \
             and _fits_one_line(self._footer_text, footer.content_size.width)
