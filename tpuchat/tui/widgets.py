@@ -111,7 +111,7 @@ class MessageBox(GrowingWidget, Vertical):
         return found[0] if found else None
 
     def thaw(self) -> None:
-        """Show the real widgets now (before changing them); frozen again after the change."""
+        """Show the real widgets now (to change or measure them); whoever changes them freezes again."""
         frozen = self.frozen
         if frozen is not None:
             frozen.drop()
