@@ -31,10 +31,14 @@ def capture_content_rows(container: Widget) -> Optional[List[Strip]]:
     outer, inner = container.outer_size, container.size  # with and without border and padding
     if not container.is_mounted or not container.display or inner.width <= 0 or inner.height <= 0:
         return None
-    compositor = Compositor()
-    compositor.reflow(container, outer)
+    try:  # Textual's compositor is private: on a version where this fails, nothing is frozen
+        compositor = Compositor()
+        compositor.reflow(container, outer)
+        rows = compositor.render_strips(outer)
+    except Exception:  # noqa: BLE001
+        return None
     gutter = container.styles.gutter
-    rows = compositor.render_strips(outer)[gutter.top:gutter.top + inner.height]
+    rows = rows[gutter.top:gutter.top + inner.height]
     # (empty segments dropped and equal neighbours joined: fewer segments to paint, same cells)
     return [Strip([seg for seg in row.crop(gutter.left, gutter.left + inner.width) if seg.text]).simplify()
             for row in rows]
