@@ -49,6 +49,8 @@ async def test_image_command_chip_preview_and_turns(app_factory, tmp_path):
         assert not chip(app).display and app.pending_image is None
         user = boxes(app, "user")[0]
         assert "square.png" in str(user.query_one(".msg-chip").render())
+        user.thaw()  # a finished message is drawn from its captured rows (frozen.py): measure the live one
+        await pilot.pause(0.1)
         preview = user.query_one(".msg-preview")
         assert isinstance(preview.renderable if hasattr(preview, "renderable") else preview.content, HalfBlockPreview)
         assert (preview.region.width, preview.region.height) == (16, 6)  # 64x48 fit into 24x6 cells (12 px rows)

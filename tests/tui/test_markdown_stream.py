@@ -65,3 +65,23 @@ def test_streamed_answer_ends_as_one_markdown_document(app_factory, monkeypatch)
             assert md.source == answer == box.text
 
     asyncio.run(run())
+
+
+def test_reused_parser_renders_as_rich_does():
+    import io
+    import re
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from tpuchat.tui.markdown_stream import rich_markdown
+
+    def render(md):
+        console = Console(width=80, file=io.StringIO(), color_system="truecolor", force_terminal=True)
+        console.print(md)
+        return re.sub(r"id=\d+", "id=", console.file.getvalue())  # link ids are random
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()  # tables, code, lists, links
+    for text in (readme, "~~gone~~ and **bold**\n\n| a | b |\n|---|---|\n| 1 | 2 |", "- one\n- two"):
+        assert render(rich_markdown(text)) == render(Markdown(text))

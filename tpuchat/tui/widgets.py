@@ -13,6 +13,8 @@ from textual.widgets import Input, Label, ListItem, ListView, Markdown, Static, 
 
 from ..chat.statsline import format_stats
 from .markdown_stream import StreamingMarkdown
+from .frozen import FrozenRows, freeze_contents, under_mouse
+from .growing import GrowingScroll, GrowingWidget
 
 
 def fmt_stats(stats, stopped: bool = False, error: Optional[str] = None, model: Optional[str] = None,
@@ -21,7 +23,7 @@ def fmt_stats(stats, stopped: bool = False, error: Optional[str] = None, model: 
     return format_stats(stats, "footer", stopped, error, model, live)
 
 
-class MessageBox(Vertical):
+class MessageBox(GrowingWidget, Vertical):
     """One message.  Assistant answers render as Markdown and can grow while streaming."""
 
     def __init__(self, role: str, text: str = "", footer: str = "", title: str = "", image=None, **kw):
@@ -32,6 +34,7 @@ class MessageBox(Vertical):
         self._footer_text = footer
         self._title = title or ("You" if role == "user" else "Assistant")
         self._stream_parts: List[str] = []
+        self._freeze_tries = 0
 
     def compose(self) -> ComposeResult:
         yield Label(escape(self._title), classes="msg-title")
@@ -52,7 +55,7 @@ class MessageBox(Vertical):
         return self.query_one(".msg-body")
 
     async def append_text(self, chunk: str) -> None:
-        """Add streamed text (called ~15 times a second with what arrived since).  The first call
+        """Add streamed text (called 10 times a second with what arrived since).  The first call
         swaps the body for a StreamingMarkdown, which redraws only the unfinished tail."""
         if not chunk:
             return
@@ -70,6 +73,7 @@ class MessageBox(Vertical):
         """The answer is complete (or stopped): show `text` as one Markdown document, exactly as
         an answer loaded from the store is shown."""
         self.text = text
+        self.thaw()
         body = self.body
         # Not awaited: the swap is queued at once, and whoever finishes the answer (store writes,
         # footer, sidebar) does not wait for the Markdown to be built.
@@ -79,9 +83,45 @@ class MessageBox(Vertical):
         elif body.source != text:
             body.update(text)
 
+    # -- a finished message is drawn from its painted rows (frozen.py) ----------------------------
+    def on_mount(self) -> None:
+        if self.role != "assistant":
+            self.call_after_refresh(self._freeze)
+
+    def on_markdown_table_of_contents_updated(self, event: Markdown.TableOfContentsUpdated) -> None:
+        """The answer's Markdown is built: freeze the message after its first paint."""
+        event.stop()
+        self.call_after_refresh(self._freeze)
+
+    def _freeze(self) -> None:
+        if not self.is_mounted or self.frozen is not None:
+            return
+        if self.role == "assistant" and (not self.text or not isinstance(self.body, Markdown)):
+            return  # streaming, or not answered yet
+        if under_mouse(self):
+            self.set_timer(1.0, self._freeze)  # the mouse is using it: try again later
+        elif freeze_contents(self, on_thaw=lambda: self.call_after_refresh(self._freeze)) is None \
+                and self.display and self._freeze_tries < 3:
+            self._freeze_tries += 1  # not laid out yet
+            self.call_after_refresh(self._freeze)
+
+    @property
+    def frozen(self) -> Optional[FrozenRows]:
+        found = [w for w in self.children if isinstance(w, FrozenRows)]
+        return found[0] if found else None
+
+    def thaw(self) -> None:
+        """Show the real widgets now (to change or measure them); whoever changes them freezes again."""
+        frozen = self.frozen
+        if frozen is not None:
+            frozen.drop()
+
     def set_footer(self, markup: str) -> None:
         """Change the line under the message; a line that still fits is redrawn without a layout
         pass (the live stats change every tick, their height does not)."""
+        if self.frozen is not None:
+            self.thaw()
+            self.call_after_refresh(self._freeze)
         footer = self.query_one(".msg-footer", Static)
         same_height = bool(self._footer_text) and _fits_one_line(markup, footer.content_size.width) \
             and _fits_one_line(self._footer_text, footer.content_size.width)
@@ -97,7 +137,7 @@ def _fits_one_line(markup: str, width: int) -> bool:
     return Text.from_markup(markup).cell_len <= width
 
 
-class ChatView(VerticalScroll):
+class ChatView(GrowingScroll, VerticalScroll):
     """The transcript.  Sticks to the bottom while an answer streams unless the user scrolls up."""
 
     can_focus = True
