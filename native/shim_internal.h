@@ -11,6 +11,7 @@
  *   masks.c      attention masks and half-float conversions
  *   kv.c         the KV cache: allocation, reset, rewind
  *   step.c       prefill and decode: one forward path for every convention
+ *   verify.c     a block_kv chunk with the greedy pick at every row (lookup decoding)
  *   heads.c      lm_head, greedy/sample heads, host sampling
  *   prefix.c     a pinned shared prefix (KV rows kept aside)
  *   vision.c     the vit net and the cross-attention layers
@@ -109,6 +110,9 @@ typedef struct {
   /* A pinned shared prefix (tpc_pin_prefix): a device copy of its KV rows,
    * layer i's K at [2i * n rows], V at [(2i + 1) * n rows]. */
   bmapi_mem_t prefix_mem;
+  /* Basic addressing: our copy of a verified chunk's last hidden rows (the
+   * heads' launches may reuse the shared IO they sit in); allocated on first use. */
+  bmapi_mem_t chunk_hidden;
 } shim_bufs;
 
 /* What the KV cache holds now. */
@@ -263,6 +267,7 @@ SHIM int run_head(tpc_model *m, bmapi_mem_t hidden_row, int end, int *tok);
 
 /* step.c */
 SHIM int decode_impl(tpc_model *m, int token, int need_head, int *next_token);
+SHIM int block_kv_layers(tpc_model *m, const int *chunk, int start, int c, bmapi_mem_t *hidden_out);
 
 /* prefix.c */
 SHIM int restore_prefix(tpc_model *m, int rows);
