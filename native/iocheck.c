@@ -112,6 +112,24 @@ static int check_block_cache(tpc_model *m, net_t c) {
   return TPC_OK;
 }
 
+/* A block_kv layer (chunks against the cache, step.c): up to block_kv_len
+ * hidden rows in (copied in basic mode) and out, their positions, and the
+ * chunk's K/V rows out (copied into the cache).  The cached rows copied into
+ * its history inputs are checked per chunk against those buffers' sizes. */
+static int check_block_kv(tpc_model *m, net_t b) {
+  tpc_desc *d = &m->d;
+  size_t rows = (size_t)m->net.block_kv_len;
+  int rc;
+  if ((rc = need(m, b, 0, 0, 0, d->float_dtype, rows * m->buf.hidden_bytes, "hidden states")) ||
+      (rc = need(m, b, 0, 0, 1, BMAPI_INT32, rows * 4, "position_ids")) ||
+      (rc = need(m, b, 0, 0, 2, ANY_DTYPE, 0, "history_k")) || (rc = need(m, b, 0, 0, 3, ANY_DTYPE, 0, "history_v")) ||
+      (rc = need(m, b, 0, 1, 0, d->float_dtype, rows * m->buf.hidden_bytes, "hidden states")) ||
+      (rc = need(m, b, 0, 1, 1, ANY_DTYPE, rows * m->buf.kv_row_bytes, "new K rows")) ||
+      (rc = need(m, b, 0, 1, 2, ANY_DTYPE, rows * m->buf.kv_row_bytes, "new V rows")))
+    return rc;
+  return TPC_OK;
+}
+
 static int check_heads(tpc_model *m) {
   tpc_desc *d = &m->d;
   net_t lm = m->net.lm_head, g = m->net.greedy_head, sh = m->net.sample_head;
@@ -144,7 +162,9 @@ int check_io(tpc_model *m) {
   if ((rc = check_embeddings(m)) || (rc = check_heads(m))) return rc;
   for (int i = 0; i < m->d.num_layers; i++) {
     if (m->vis.is_cross && m->vis.is_cross[i]) continue;
-    if ((rc = check_block(m, m->net.block[i])) || (rc = check_block_cache(m, m->net.block_cache[i]))) return rc;
+    if ((rc = check_block(m, m->net.block[i])) || (rc = check_block_cache(m, m->net.block_cache[i])) ||
+        (m->d.has_block_kv && (rc = check_block_kv(m, m->net.block_kv[i]))))
+      return rc;
   }
   return check_share_io(m);
 }

@@ -119,6 +119,7 @@ void tpc_close(tpc_model *m) {
   }
   if (m->buf.prefix_mem.size) RT.free_device(H(m), m->buf.prefix_mem);
   if (m->buf.slide_mask.size) RT.free_device(H(m), m->buf.slide_mask);
+  if (m->buf.chunk_hidden.size) RT.free_device(H(m), m->buf.chunk_hidden);
   free(m->kv.prefix_tokens);
   free_vision(m);
   free_share(m);

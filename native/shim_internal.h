@@ -11,6 +11,7 @@
  *   masks.c      attention masks and half-float conversions
  *   kv.c         the KV cache: allocation, reset, rewind
  *   step.c       prefill and decode: one forward path for every convention
+ *   verify.c     a block_kv chunk with the greedy pick at every row (lookup decoding)
  *   heads.c      lm_head, greedy/sample heads, host sampling
  *   prefix.c     a pinned shared prefix (KV rows kept aside)
  *   share.c      LLM-TPU's share-cache layout (shared / unshared nets)
@@ -124,6 +125,9 @@ typedef struct {
   /* A pinned shared prefix (tpc_pin_prefix): a device copy of its KV rows,
    * layer i's K at [2i * n rows], V at [(2i + 1) * n rows]. */
   bmapi_mem_t prefix_mem;
+  /* Basic addressing: our copy of a verified chunk's last hidden rows (the
+   * heads' launches may reuse the shared IO they sit in); allocated on first use. */
+  bmapi_mem_t chunk_hidden;
 } shim_bufs;
 
 /* What the KV cache holds now. */
@@ -313,6 +317,7 @@ SHIM void free_share(tpc_model *m);
 SHIM int share_decode_mask(tpc_model *m, bmapi_mem_t mask_mem, int p);
 SHIM int share_prefill(tpc_model *m, const int *ids, int n, int reuse, int *next_token);
 SHIM int share_pin(tpc_model *m, const int *ids, int n);
+SHIM int block_kv_layers(tpc_model *m, const int *chunk, int start, int c, bmapi_mem_t *hidden_out);
 
 /* prefix.c */
 SHIM int restore_prefix(tpc_model *m, int rows);

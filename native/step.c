@@ -174,19 +174,26 @@ int tpc_prefill(tpc_model *m, const int *ids, int n, int *next_token) {
   return rc;
 }
 
-/* Prefill chunk ids[start, start + c) against the cache rows [0, start)
- * with a block_kv net; the chunk's K/V rows land right after them. */
-static int block_kv_chunk(tpc_model *m, const int *ids, int start, int c, int need_head, int *next_token) {
+/* Run chunk[0, c) at cache rows [start, start + c) through the block_kv
+ * nets against the cached rows [0, start): the chunk's K/V rows land right
+ * after them and *hidden is the last layer's output (c rows).  Rows at or
+ * past start are never read: the nets take exactly `start` history rows and
+ * mask causally inside the chunk.  The cache position is the caller's. */
+int block_kv_layers(tpc_model *m, const int *chunk, int start, int c, bmapi_mem_t *hidden_out) {
   tpc_desc *d = &m->d;
   net_t emb = m->net.embedding;
   bmapi_tensor_t ein[2], eout[2], in[8], out[8];
+  if (c < 1 || c > m->net.block_kv_len || start < 0 || start + c > d->kv_len)
+    return fail(m, TPC_E_ARG, "a block_kv chunk of %d tokens at row %d does not fit (chunks hold 1..%d, the KV length is %d)",
+                c, start, m->net.block_kv_len, d->kv_len);
   int rc, estage = emb->is_dynamic ? 0 : pick_stage(emb, c);
   if (estage < 0) return fail(m, TPC_E_MODEL, "embedding has no stage for %d tokens", c);
   own_tensors(emb, estage, ein, eout);
   int emb_rows = emb->is_dynamic ? c : ein[0].shape.dims[1];
+  if (emb_rows > m->buf.ids_cap) return fail(m, TPC_E_MODEL, "embedding input longer than expected");
   if (emb->is_dynamic) set_len(&ein[0].shape, c);
   memset(m->buf.ids_buf, 0, sizeof(int32_t) * (size_t)m->buf.ids_cap);
-  memcpy(m->buf.ids_buf, ids + start, sizeof(int32_t) * (size_t)c);
+  memcpy(m->buf.ids_buf, chunk, sizeof(int32_t) * (size_t)c);
   if ((rc = upload(m, ein[0].device_mem, 0, m->buf.ids_buf, sizeof(int32_t) * (size_t)emb_rows, "token ids")) ||
       (rc = launch(m, emb, ein, eout)))
     return rc;
@@ -215,6 +222,8 @@ static int block_kv_chunk(tpc_model *m, const int *ids, int start, int c, int ne
      * history in its own input buffer, so it is copied there, and the new
      * rows are copied back into the cache. */
     size_t hist = (size_t)start * m->buf.kv_row_bytes, rows = (size_t)c * m->buf.kv_row_bytes;
+    if (hist > in[2].device_mem.size || hist > in[3].device_mem.size)
+      return fail(m, TPC_E_MODEL, "%s holds fewer history rows than the %d cached ones", b->name, start);
     if ((rc = copy_d2d(m, in[2].device_mem, 0, m->buf.kv_k[i], 0, hist, "K history")) ||
         (rc = copy_d2d(m, in[3].device_mem, 0, m->buf.kv_v[i], 0, hist, "V history")))
       return rc;
@@ -226,7 +235,16 @@ static int block_kv_chunk(tpc_model *m, const int *ids, int start, int c, int ne
       return rc;
     hidden = out[0].device_mem;
   }
-  memcpy(m->kv.tokens + start, ids + start, sizeof(int32_t) * (size_t)c);
+  memcpy(m->kv.tokens + start, chunk, sizeof(int32_t) * (size_t)c);
+  *hidden_out = hidden;
+  return TPC_OK;
+}
+
+/* Prefill chunk ids[start, start + c) against the cache rows [0, start). */
+static int block_kv_chunk(tpc_model *m, const int *ids, int start, int c, int need_head, int *next_token) {
+  bmapi_mem_t hidden;
+  int rc = block_kv_layers(m, ids + start, start, c, &hidden);
+  if (rc) return rc;
   m->kv.position = start + c;
   if (need_head)
     return run_head(m, mem_at(hidden, (size_t)(c - 1) * m->buf.hidden_bytes, m->buf.hidden_bytes), start + c, next_token);

@@ -148,6 +148,19 @@ int tpc_set_head_path(tpc_model *m, int path, double device_us, double host_us);
 /* The measured costs (0 = not measured) and the path the next greedy token takes. */
 int tpc_head_costs(const tpc_model *m, double *device_us, double *host_us, int *next_path);
 int tpc_decode(tpc_model *m, int token, int *next_token);
+/* Check several tokens in one pass (the verifier of prompt-lookup
+ * decoding): feed ids[0, c) at the current position as one block_kv chunk
+ * against the cached rows and write the model's greedy pick after each row
+ * to picks[0, c) (picks[0] follows ids[0], as tpc_decode(ids[0]) would
+ * return); the position advances by c.  The caller keeps the rows it wants
+ * with tpc_rewind: rows at or past the position are never seen again (the
+ * next step overwrites them).  Needs block_kv nets, greedy selection,
+ * 1 <= c <= tpc_chunk_capacity() and position + c <= kv_len.  The head runs
+ * once per row: one lm_head launch per row on top-1 builds (two with a
+ * greedy_head; logits builds take the argmax on the host). */
+int tpc_chunk_picks(tpc_model *m, const int *ids, int c, int *picks);
+/* The longest chunk tpc_chunk_picks takes; 0 when the bmodel has no block_kv nets. */
+int tpc_chunk_capacity(const tpc_model *m);
 int tpc_reset(tpc_model *m);
 /* Forget cached rows from `position` on (keeps the rows before it). */
 int tpc_rewind(tpc_model *m, int position);

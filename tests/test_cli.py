@@ -112,7 +112,9 @@ def test_bench_json(sim_lib, build, tmp_path):
     assert b["prompt_lengths"] == []
     # host time covers the whole path of a token: the worker's share is part of it
     assert 0 < b["worker_host_us_per_token"]["median"] <= b["host_us_per_token"]["median"]
-    assert {"ftl_s", "host_us_per_token", "worker_host_us_per_token"} <= set(b["covers"])
+    assert {"ftl_s", "host_us_per_token", "worker_host_us_per_token", "passes_per_token"} <= set(b["covers"])
+    # --lookup is the default on a block_kv build: passes per token are reported, and one plain run beside them.
+    assert 0 < b["passes_per_token"]["median"] and b["lookup"]["without"]["passes_per_token"] == 1.0
 
 
 def test_plain_chat_three_turns(demo, tmp_path):

@@ -33,6 +33,15 @@ def test_drafter_prefers_longer_ngrams_and_never_matches_its_own_suffix():
     assert fresh.draft() == []  # nothing repeats: no draft
 
 
+def test_drafter_continues_runs_and_short_cycles():
+    d = NgramDrafter(max_ngram=3, max_draft=4)
+    d.extend([9, 5, 5, 5])
+    assert d.draft() == [5, 5, 5, 5]  # "5 5" last ended one token ago: the run goes on
+    c = NgramDrafter(max_ngram=2, max_draft=5)
+    c.extend([1, 7, 8, 7, 8])
+    assert c.draft() == [7, 8, 7, 8, 7]
+
+
 def test_drafter_reset_forgets_the_old_sequence():
     d = NgramDrafter(max_ngram=1, max_draft=1)
     d.extend([4, 5, 4])

@@ -66,6 +66,16 @@ def test_every_front_end_words_the_same_stats():
     assert stats_parts(GenerationStats.partial(), "status") == []
 
 
+def test_lookup_figures_show_only_when_lookup_ran():
+    looked = dataclasses.replace(FULL, lookup_chunks=6, lookup_drafted=20, lookup_accepted=14, passes_per_token=0.45)
+    assert format_stats(looked, "run").endswith(
+        "| host 55 µs/token | lookup 6 chunks, 14/20 drafted accepted, 0.45 passes/token")
+    assert format_stats(looked, "plain").endswith("TPS 1.50 tokens/s | lookup 0.45 passes/token")
+    plain = dataclasses.replace(FULL, passes_per_token=1.0)
+    assert "lookup" not in format_stats(plain, "run") + format_stats(plain, "plain")
+    assert "lookup" not in format_stats(GenerationStats.partial(ftl_s=1.0, tokens_per_s=2.0), "plain")
+
+
 @pytest.mark.parametrize("reason,plain,footer", [
     ("cancelled", " (stopped)", "[b yellow]stopped[/]"),
     ("context_full", " (context full: /clear to start over)", "[b yellow]context full[/] (/clear to start over)"),

@@ -41,7 +41,8 @@ class ScriptedClient:
         self.answer_ids = list(answer_ids)
         self.calls = []
 
-    def generate(self, ids, max_new_tokens=256, stop_ids=(), sampling=None, reuse=True, image=None, image_pos=None):
+    def generate(self, ids, max_new_tokens=256, stop_ids=(), sampling=None, reuse=True, image=None, image_pos=None,
+                 lookup=True):
         self.calls.append({"ids": list(ids), "image": image, "image_pos": image_pos})
         for t in self.answer_ids[:max_new_tokens]:
             yield TokenEvent(t)

@@ -14,14 +14,19 @@ from .runtime.client import DoneEvent
 # What each figure of a run covers (printed under the table, and in --json as "covers").
 COVERS = {
     "ftl_s": "prompt in to first token out: the prefill call in the engine worker",
-    "tokens_per_s": "decode steps per second of decode-call time in the worker",
-    "device_ms_per_token": "per decode step, the time inside runtime calls on the device (or simulator)",
+    "tokens_per_s": "tokens after the first per second of decode-call time in the worker (with lookup, chunk "
+                    "calls too)",
+    "device_ms_per_token": "per token after the first, the time inside runtime calls on the device (or simulator)",
     "host_us_per_token": "per decode step, all host time of a token: worker loop and shim, the pipe, and "
                          "this process receiving it (time between two tokens' arrivals minus device time)",
     "worker_host_us_per_token": "the worker's share of host_us_per_token (decode call outside the device, "
                                 "the loop around it)",
-    "launches_per_token": "runtime net launches per decode step",
-    "copies_per_token": "host<->device copies per decode step",
+    "launches_per_token": "runtime net launches per token after the first",
+    "copies_per_token": "host<->device copies per token after the first",
+    "passes_per_token": "weight passes per token after the first: a decode step reads every weight once (1.0); a "
+                        "lookup chunk reads the layers once and the head once per row (its share of the weights "
+                        "read from the file); below 1 when drafted tokens are accepted. On a board decode is bound "
+                        "by reading weights, so this predicts the speed-up; the simulator's wall times do not",
 }
 
 TURN_QUESTIONS = [
@@ -37,9 +42,9 @@ def _spread(values: List[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def _run(client, ids, n, reuse=True):
+def _run(client, ids, n, reuse=True, lookup=True):
     toks, stats = [], None
-    for ev in client.generate(ids, n, (), None, reuse):
+    for ev in client.generate(ids, n, (), None, reuse, lookup=lookup):
         if isinstance(ev, DoneEvent):
             stats = ev.stats.to_dict()
         else:
@@ -96,7 +101,7 @@ def _shared_prefix(client, tok, doc: str, other_ids: List[int], limit: int) -> d
 
 def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokenizer_dir: Optional[str],
               prompt: str, runs: int, max_new_tokens: int, turns: int = 3, lengths: bool = True,
-              shared_doc: Optional[str] = None) -> dict:
+              shared_doc: Optional[str] = None, lookup: bool = True) -> dict:
     chat_model = open_chat_model(ModelSpec(model, devids, lib_dir, tokenizer_dir))
     # The runs below drive the engine client itself: they need knobs a chat never turns
     # (recompute the whole prompt, no stop on end-of-turn tokens).
@@ -108,13 +113,16 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
         for _ in range(runs):
             # A fixed number of tokens per run (no stop on eos), each from a
             # fresh cache, keeps runs comparable.
-            records.append(_run(client, ids, max_new_tokens, reuse=False)[1])
+            records.append(_run(client, ids, max_new_tokens, reuse=False, lookup=lookup)[1])
+        # Lookup decoding gives the same tokens: one plain run shows what it saved.
+        plain = _run(client, ids, max_new_tokens, reuse=False, lookup=False)[1] if lookup and desc.block_kv else None
         turn_rows = _turns(client, tok, turns, min(max_new_tokens, 16), desc.kv_len) if turns else []
         length_rows = _lengths(client, ids, desc.seq_len) if lengths else []
         shared = _shared_prefix(client, tok, shared_doc, ids, desc.kv_len) if shared_doc else None
     finally:
         chat_model.close()
-    keys = ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token", "worker_host_us_per_token")
+    keys = ("ftl_s", "tokens_per_s", "device_ms_per_token", "host_us_per_token", "worker_host_us_per_token",
+            "passes_per_token")
     return {
         "model": model.rsplit("/", 1)[-1],
         "runtime": desc.runtime.kind,
@@ -127,8 +135,22 @@ def run_bench(model: str, devids: Sequence[int], lib_dir: Optional[str], tokeniz
         **{k: _spread([r[k] for r in records]) for k in keys},
         "launches_per_token": records[-1]["launches_per_token"],
         "copies_per_token": records[-1]["copies_per_token"],
+        "lookup": _lookup_summary(records, plain) if lookup and desc.block_kv else None,
         "turns": turn_rows,
         "prompt_lengths": length_rows,
         "shared_prefix": shared,
         "covers": COVERS,
+    }
+
+
+def _lookup_summary(records: List[dict], plain: dict) -> dict:
+    """What prompt-lookup decoding did over the timed runs, and the plain run beside them."""
+    chunks = sum(r["lookup_chunks"] for r in records)
+    accepted = sum(r["lookup_accepted"] for r in records)
+    return {
+        "chunks_per_run": chunks / len(records),
+        "drafted_per_chunk": sum(r["lookup_drafted"] for r in records) / chunks if chunks else 0.0,
+        "accepted_per_chunk": accepted / chunks if chunks else 0.0,
+        "without": {k: plain[k] for k in ("tokens_per_s", "passes_per_token", "device_ms_per_token",
+                                          "launches_per_token")},
     }

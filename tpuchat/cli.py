@@ -44,14 +44,19 @@ TOP_P_OPT = typer.Option(None, "--top-p", help="Nucleus sampling: keep the most 
 TOP_K_OPT = typer.Option(None, "--top-k", help="Keep the K most likely tokens, 0 off (with --temperature).")
 REPEAT_PENALTY_OPT = typer.Option(None, "--repeat-penalty", help="Repetition penalty, 1.0 off (with --temperature).")
 SEED_OPT = typer.Option(None, "--seed", help="Seed for reproducible sampling (default: random).")
+LOOKUP_OPT = typer.Option(True, "--lookup/--no-lookup",
+                          help="Prompt-lookup decoding on bmodels with block_kv nets (llm_convert --use_history_kv): "
+                               "guess the next tokens from earlier in the conversation and check several in one "
+                               "pass. The same tokens; fewer passes when the answer repeats its input. Greedy "
+                               "answers only; it switches itself off while it does not pay.")
 
 
-def _sampling(temperature, top_p, top_k, repeat_penalty, seed):
-    """GenSettings from the sampling options (TpuchatError with one line for a bad value)."""
+def _sampling(temperature, top_p, top_k, repeat_penalty, seed, lookup: bool = True):
+    """GenSettings from the sampling options and --lookup (TpuchatError with one line for a bad value)."""
     from .chat.session import GenSettings
     from .options import apply_sampling_options
 
-    settings = GenSettings()
+    settings = GenSettings(lookup=lookup)
     apply_sampling_options(settings, temperature, top_p, top_k, repeat_penalty, seed)
     return settings
 
@@ -147,6 +152,9 @@ def _chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain: boo
             if settings is not None and settings.sample:
                 raise TpuchatError("--temperature and the other sampling options go with --plain; the chat UI "
                                    "takes them from its settings (F4) or /set")
+            if settings is not None and not settings.lookup:
+                raise TpuchatError("--no-lookup goes with --plain (and run, bench); the chat UI always uses "
+                                   "lookup decoding where the bmodel allows it")
             from .tui import run_tui
 
             # Errors opening the model are shown inside the UI (it never exits on them).
@@ -177,12 +185,13 @@ def chat(
     top_k: Optional[int] = TOP_K_OPT,
     repeat_penalty: Optional[float] = REPEAT_PENALTY_OPT,
     seed: Optional[int] = SEED_OPT,
+    lookup: bool = LOOKUP_OPT,
 ):
     """Multi-turn chat: the full-screen UI (streaming Markdown, live FTL and tokens/s, saved
     conversations, model and device pickers), or --plain for a line-based chat (which also
     takes the sampling options)."""
     try:
-        settings = _sampling(temperature, top_p, top_k, repeat_penalty, seed)
+        settings = _sampling(temperature, top_p, top_k, repeat_penalty, seed, lookup)
     except TpuchatError as e:
         raise _fail(e)
     raise typer.Exit(_chat(model, devid, tokenizer, libsophon, max_new_tokens, system, plain, prefix_file, settings))
@@ -327,12 +336,13 @@ def run(
     top_k: Optional[int] = TOP_K_OPT,
     repeat_penalty: Optional[float] = REPEAT_PENALTY_OPT,
     seed: Optional[int] = SEED_OPT,
+    lookup: bool = LOOKUP_OPT,
 ):
     """One answer to one prompt, streamed, with FTL and tokens/s."""
     from .chat.oneshot import one_shot
 
     try:
-        settings = _sampling(temperature, top_p, top_k, repeat_penalty, seed)
+        settings = _sampling(temperature, top_p, top_k, repeat_penalty, seed, lookup)
         text = _read_prompt(prompt)
         result = one_shot(
             model=model,
@@ -392,14 +402,16 @@ def bench(
                                               help="Also time questions about this shared document, with its "
                                                    "KV rows pinned on the device and without."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    lookup: bool = LOOKUP_OPT,
 ):
-    """FTL and tokens/s over several runs (median, min, max), with the device/host split; FTL per turn
+    """FTL and tokens/s over several runs (median, min, max), with the device/host split and weight
+    passes per token (with --lookup on a block_kv bmodel, also one run without it); FTL per turn
     with and without KV reuse; FTL for a short and a long prompt."""
     from .bench import run_bench
 
     try:
         report = run_bench(model, parse_devids(devid), libsophon, tokenizer, prompt, runs, max_new_tokens,
-                           turns, lengths, read_prefix_file(prefix_file, None))
+                           turns, lengths, read_prefix_file(prefix_file, None), lookup=lookup)
     except TpuchatError as e:
         raise _fail(e)
     if as_json:

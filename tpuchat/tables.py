@@ -64,7 +64,8 @@ def print_model_table(desc, show_nets: bool = False) -> None:
 def print_bench_table(r: dict) -> None:
     c = Console()
     t = Table(title=f"tpuchat bench · {r['runtime']} · devices {','.join(map(str, r['devices']))}")
-    for col in ("model", "FTL (s)", "tokens/s", "device ms/token", "host µs/token", "of it worker µs", "calls/token"):
+    for col in ("model", "FTL (s)", "tokens/s", "device ms/token", "host µs/token", "of it worker µs", "calls/token",
+                "passes/token"):
         t.add_column(col, justify="right" if col != "model" else "left")
 
     def fmt(key, spec):
@@ -79,15 +80,23 @@ def print_bench_table(r: dict) -> None:
         fmt("host_us_per_token", ".0f"),
         fmt("worker_host_us_per_token", ".0f") if "worker_host_us_per_token" in r else "?",
         f"{r['launches_per_token']:.0f} launches + {r['copies_per_token']:.0f} copies",
+        fmt("passes_per_token", ".2f") if "passes_per_token" in r else "?",
     )
     c.print(t)
+    lk = r.get("lookup")
+    if lk:
+        w = lk["without"]
+        c.print(f"lookup decoding: {lk['chunks_per_run']:.1f} chunks per run, {lk['accepted_per_chunk']:.2f} of "
+                f"{lk['drafted_per_chunk']:.2f} drafted tokens accepted per chunk · without it (one run): "
+                f"{w['tokens_per_s']:.2f} tokens/s, {w['passes_per_token']:.2f} passes/token, "
+                f"{w['launches_per_token']:.0f} launches/token")
     c.print(
         f"[dim]{len(r['runs'])} runs · prompt {r['prompt_tokens']} tokens · {r['new_tokens']} new tokens each · "
         "median (min–max)[/dim]"
     )
     names = {"ftl_s": "FTL", "tokens_per_s": "tokens/s", "device_ms_per_token": "device ms/token",
              "host_us_per_token": "host µs/token", "worker_host_us_per_token": "of it worker µs",
-             "launches_per_token": "launches", "copies_per_token": "copies"}
+             "launches_per_token": "launches", "copies_per_token": "copies", "passes_per_token": "passes/token"}
     for key, text in r.get("covers", {}).items():
         c.print(f"[dim]{names.get(key, key)}: {text}[/dim]")
 

@@ -30,6 +30,7 @@ class GenSettings:
     seed: Optional[int] = None
     stop: List[str] = field(default_factory=list)  # stop strings, on top of the model's end tokens
     ignore_eos: bool = False  # run on through end-of-turn tokens (`tpuchat run --ignore-eos`, benchmarks)
+    lookup: bool = True  # prompt-lookup decoding where the bmodel can (block_kv nets, greedy); same tokens
 
     def sampling(self) -> Optional[dict]:
         """The engine's sampling arguments; None means greedy."""
@@ -123,7 +124,8 @@ class ChatModel:
         generated: List[int] = []
         kw = {} if image is None else {"image": image, "image_pos": image_pos}
         stops = [] if settings.ignore_eos else sorted(self.tok.eos_ids)
-        for ev in self.client.generate(ids, settings.max_new_tokens, stops, settings.sampling(), **kw):
+        for ev in self.client.generate(ids, settings.max_new_tokens, stops, settings.sampling(), lookup=settings.lookup,
+                                       **kw):
             if isinstance(ev, DoneEvent):
                 rest = dec.flush()
                 if rest:

@@ -5,6 +5,7 @@ words them.  Styles differ only in how much they say and in their separator:
   status    the chat UI's status bar (a list of parts)     FTL 0.42s, 18.5 tok/s
   plain     `chat --plain` after an answer                 FTL 0.420 s (3 of 9 prompt tokens cached) | TPS 18.50 tokens/s
   run       `tpuchat run` on stderr                        ... | device 1.0 ms/token | host 50 µs/token
+                                                           (+ | lookup 6 chunks, 14/20 drafted accepted, 0.45 passes/token)
   markdown  a conversation's export                        FTL 0.420 s · 18.50 tokens/s · 45 tokens · stopped
 """
 
@@ -59,11 +60,16 @@ def stats_parts(st: Stats, style: str = "footer", stopped: bool = False, error: 
         p += [f"FTL {st.ftl_s:.3f} s", f"TPS {st.tokens_per_s:.2f} tokens/s",
               f"{st.prompt_tokens} prompt + {st.new_tokens} new tokens ({st.stop_reason})",
               f"device {st.device_ms_per_token:.1f} ms/token", f"host {st.host_us_per_token:.0f} µs/token"]
+        if st.lookup_chunks:
+            p.append(f"lookup {st.lookup_chunks} chunks, {st.lookup_accepted}/{st.lookup_drafted} drafted accepted, "
+                     f"{st.passes_per_token:.2f} passes/token")
         return p
     if style == "plain":
         cached = (f" ({st.reused_tokens} of {st.prompt_tokens} prompt tokens cached)" if st.reused_tokens else "")
         reason = _reason(st, style, stopped, error, live)
         p += [f"FTL {st.ftl_s:.3f} s{cached}", f"TPS {st.tokens_per_s:.2f} tokens/s" + (f" ({reason})" if reason else "")]
+        if st.lookup_chunks:
+            p.append(f"lookup {st.passes_per_token:.2f} passes/token")
         return p
     precise = style == "markdown"
     if st.ftl_s is not None:

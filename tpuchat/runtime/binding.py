@@ -152,6 +152,22 @@ class Model:
         self._check(self._lib.tpc_decode(self._m, token, self._next))
         return self._next[0]
 
+    def chunk_picks(self, ids: Sequence[int]) -> List[int]:
+        """Feed `ids` as one block_kv chunk at the current position and return
+        the model's greedy pick after each of them (picks[0] is what
+        decode(ids[0]) would return); the position advances by len(ids).
+        rewind() forgets the rows not kept."""
+        n = len(ids)
+        buf = self._ffi.new("int[]", list(ids))
+        picks = self._ffi.new("int[]", max(1, n))
+        self._check(self._lib.tpc_chunk_picks(self._m, buf, n, picks))
+        return list(picks)[:n]
+
+    @property
+    def chunk_capacity(self) -> int:
+        """Longest chunk chunk_picks takes (0: no block_kv nets)."""
+        return self._lib.tpc_chunk_capacity(self._m)
+
     def set_sampling(self, sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                      repetition_penalty: float = 1.0, penalty_window: int = 0, seed: int = 0,
                      on_host: bool = False) -> None:

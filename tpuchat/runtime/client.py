@@ -221,15 +221,18 @@ class EngineClient:
         self, ids: Sequence[int], max_new_tokens: int = 256, stop_ids: Sequence[int] = (),
         sampling: Optional[dict] = None, reuse: Union[bool, str] = True,
         image: Optional[ImageInputs] = None, image_pos: Optional[int] = None,
+        lookup: Union[bool, str] = True,
     ) -> Iterator[Union[TokenEvent, DoneEvent]]:
         """Stream one answer (greedy, or sampled with `sampling`: see
-        Engine.generate; `image`/`image_pos` for vision bmodels, likewise).
+        Engine.generate; `image`/`image_pos` for vision bmodels, `lookup`
+        for prompt-lookup decoding, likewise).
         Abandoning the iterator early cancels the generation and drops its
         remaining events."""
         self.ensure_open()
         if not self._alive():
             raise TpuchatError("no model is open")
-        request = P.Generate(list(ids), max_new_tokens, list(stop_ids), sampling, reuse, image, image_pos)
+        request = P.Generate(list(ids), max_new_tokens, list(stop_ids), sampling, reuse, image, image_pos,
+                             lookup=lookup)
         by_digest = image is not None and image.digest == self._worker_image
         if by_digest:  # the worker holds it: do not send megabytes of pixels again
             request.image = dataclasses.replace(image, pixel_values=b"")

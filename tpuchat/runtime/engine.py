@@ -5,8 +5,10 @@ import os
 import time
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
-from ..errors import ContextFull, ImageError, ImageNotHeld, PromptTooLong, TpuchatError
+from ..errors import ImageError, ImageNotHeld, PromptTooLong, TpuchatError
 from .binding import Model, load_runtime
+from .decode_loop import LookupPlan, decode_loop
+from .lookup import MeasuredCost, PassCost
 from .protocol import GenerationStats, ModelDesc
 from .bmodel_file import check_bmodel_file
 from .image_inputs import ImageInputs
@@ -21,6 +23,7 @@ class Engine:
 
         self.family = None
         self._image_digest: Optional[str] = None  # the image whose states the device holds
+        self._lookup_costs: dict = {}  # bmodel path -> (weight-pass PassCost, MeasuredCost) for lookup decoding
         paths = split_models(bmodel)
         if len(paths) > 1:
             self._open_family(paths, devids, lib_dir)
@@ -170,6 +173,7 @@ class Engine:
         reuse: Union[bool, str] = True,
         image: Optional[ImageInputs] = None,
         image_pos: Optional[int] = None,
+        lookup: Union[bool, str] = True,
     ) -> Iterator[int]:
         """Yield generated token ids (stop tokens are not yielded).
 
@@ -185,7 +189,15 @@ class Engine:
         image: the conversation's image (vision bmodels), image_pos: the
         index of its image token in prompt_ids; rows from there on attend to
         the image.  The vit runs only for an image whose digest differs from
-        the one held on the device.  None: a text-only prompt."""
+        the one held on the device.  None: a text-only prompt.
+
+        lookup: prompt-lookup decoding, for greedy answers on bmodels with
+        block_kv nets: drafts of the next tokens are taken from earlier in
+        the prompt and answer, and one chunk pass checks several at once.
+        The tokens are those of plain decoding; a gate fed with measured
+        pass times switches it off while it does not pay.  "always" keeps
+        it on whatever it costs (tests pin the path); False decodes plainly.
+        Sampled answers always decode plainly (no speculative sampling)."""
         ids = list(prompt_ids)
         self.check_prompt(len(ids))
         switch_s = self._select(len(ids), max(0, max_new_tokens))
@@ -205,50 +217,29 @@ class Engine:
         st.ftl_s = clock() - t0
         st.prefill_device_s = model.last_timing()[1] / 1e6
         st.reused_tokens = model.last_reused()
-        device_us = launches = copies = 0.0
-        steps = 0
-        loop_start = loop_end = 0.0  # first decode call to the end of the last: the worker's whole loop
-        kv_len = self.model_kv_len()
-        while True:
-            if token in stops:
-                st.stop_reason = "eos"
-                break
-            st.new_tokens += 1
-            yield token
-            if st.new_tokens >= max_new_tokens:
-                st.stop_reason = "max_tokens"
-                break
-            if should_stop is not None and should_stop():
-                st.stop_reason = "cancelled"
-                break
-            if model.position >= kv_len:
-                st.stop_reason = "context_full"
-                break
-            t = clock()
-            if not steps:
-                loop_start = t
-            try:
-                token = model.decode(token)
-            except ContextFull:  # a layout whose rows run out before kv_len (share-cache)
-                st.stop_reason = "context_full"
-                break
-            loop_end = clock()
-            _, dev, _, n_launch, n_copy = model.last_timing()
-            steps += 1
-            st.decode_s += loop_end - t
-            device_us += dev
-            launches += n_launch
-            copies += n_copy
-        if steps:
-            st.tokens_per_s = steps / st.decode_s if st.decode_s > 0 else 0.0
-            st.device_ms_per_token = device_us / steps / 1e3
-            # Host time of a step: the decode call outside the device, and the
-            # loop around it (yield to the worker, its send, the cancel poll).
-            st.worker_host_us_per_token = ((loop_end - loop_start) * 1e6 - device_us) / steps
-            st.host_us_per_token = st.worker_host_us_per_token  # the client adds the pipe and itself
-            st.launches_per_token = launches / steps
-            st.copies_per_token = copies / steps
+        plan = self._lookup_plan(lookup, sampling)
+        yield from decode_loop(model, token, ids, max_new_tokens, stops, should_stop, self.model_kv_len(), st, plan)
         self._remember_head_costs()
+
+    # -- prompt-lookup decoding ------------------------------------------------
+    def _lookup_plan(self, lookup: Union[bool, str], sampling: Optional[dict]) -> Optional[LookupPlan]:
+        """How to run lookup for this answer, or None for plain decoding: it
+        needs block_kv nets (chunks of at least 2) and greedy selection."""
+        sampled = bool(sampling and sampling.get("sample") and float(sampling.get("temperature", 1.0)) > 1e-5)
+        capacity = self.model.chunk_capacity
+        if not lookup or sampled or capacity < 2:
+            return None
+        path = self._active_path()
+        if path not in self._lookup_costs:
+            prior = PassCost(head_share=_head_share(path), heads_per_row=True)  # one head launch per chunk row
+            self._lookup_costs[path] = (prior, MeasuredCost(prior))
+        prior, measured = self._lookup_costs[path]
+        return LookupPlan(prior, measured, max_draft=min(4, capacity - 1), pinned=lookup == "always")
+
+    def _active_path(self) -> str:
+        if self.family is None:
+            return self.desc.path
+        return self.member_descs[self.family.active].path
 
     def pin_prefix(self, prefix_ids: Sequence[int]) -> dict:
         """Keep the KV rows of a shared prefix on the device (see
@@ -345,6 +336,22 @@ class Engine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+
+def _head_share(path: str) -> float:
+    """The head's share of the weights one decode step reads (lm_head over
+    lm_head + the decode layers), from the file's weight blocks; 0.08 (about
+    Qwen-7B's) when they cannot be read.  Only the reported passes use it."""
+    from .weights import read_weights
+
+    try:
+        blocks = read_weights(path).blocks
+    except TpuchatError:
+        return 0.08
+    head = sum(b.size for n, b in blocks.items() if n in ("lm_head", "greedy_head"))
+    layers = sum(b.size for n, b in blocks.items() if n.startswith("block_cache_"))
+    return head / (head + layers) if head and layers else 0.08
 
 
 __all__ = ["Engine", "GenerationStats", "TpuchatError"]

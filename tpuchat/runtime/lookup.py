@@ -18,7 +18,7 @@ beyond the standard library.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 
 class NgramDrafter:
@@ -27,7 +27,9 @@ class NgramDrafter:
     For n from max_ngram down to min_ngram, the last n tokens are looked up
     among the n-grams that ended *earlier* in the sequence; the most recent
     match wins (in a conversation the latest quote of a passage is the one
-    being continued), and up to max_draft tokens that followed it are proposed.
+    being continued), and up to max_draft tokens that followed it are proposed
+    (a match that ends near the end, as in a run or a short cycle, continues
+    periodically).
     Tokens are indexed as they arrive, so a lookup costs O(max_ngram).
     """
 
@@ -70,7 +72,12 @@ class NgramDrafter:
         for n in range(min(self.max_ngram, end), self.min_ngram - 1, -1):
             at = self._after.get(tuple(toks[end - n:end]))
             if at is not None:
-                return toks[at:at + k]
+                # Past the end the match's continuation is the draft itself
+                # (a run or a short cycle repeats with period end - at).
+                out: List[int] = []
+                for j in range(at, at + k):
+                    out.append(toks[j] if j < end else out[j - end])
+                return out
         return []
 
 
@@ -115,23 +122,65 @@ class PassCost:
         return layers + heads
 
 
+class MeasuredCost:
+    """Pass costs from measured wall times, in decode steps: what a chunk of
+    c positions really costs on this machine, whatever the weight model says
+    (a static block_kv net computes all its rows; heads, copies and syncs
+    add per row).  The gate reads it like a PassCost; `prior` stands in
+    until a decode step and a chunk have been timed, and a chunk length not
+    timed yet is scaled from the nearest timed one by the prior's ratio."""
+
+    def __init__(self, prior: PassCost, decay: float = 0.7):
+        self.prior = prior
+        self.decay = decay
+        self.decode_s: Optional[float] = None
+        self.chunk_s: Dict[int, float] = {}
+
+    def _avg(self, old: Optional[float], new: float) -> float:
+        return new if old is None else self.decay * old + (1 - self.decay) * new
+
+    def note_decode(self, seconds: float) -> None:
+        self.decode_s = self._avg(self.decode_s, seconds)
+
+    def note_chunk(self, positions: int, seconds: float) -> None:
+        self.chunk_s[positions] = self._avg(self.chunk_s.get(positions), seconds)
+
+    def decode(self) -> float:
+        return 1.0
+
+    def chunk(self, positions: int) -> float:
+        if not self.decode_s or not self.chunk_s:
+            return self.prior.chunk(positions)
+        if positions in self.chunk_s:
+            return self.chunk_s[positions] / self.decode_s
+        near = min(self.chunk_s, key=lambda p: (abs(p - positions), p))
+        return self.chunk_s[near] / self.decode_s * self.prior.chunk(positions) / self.prior.chunk(near)
+
+
 class LookupGate:
     """Switches lookup off while it does not pay, and probes again later.
 
-    It keeps a decaying average of the weight passes spent per generated token
-    by chunk passes; when that is worse than plain decoding (1.0), lookup pauses
-    for `backoff` plain steps, then tries again.  Steps with no draft cost
-    nothing extra (plain decode) and are not counted.
+    It keeps a decaying average of the cost spent per generated token by
+    chunk passes (in decode steps: `cost` is a PassCost or a MeasuredCost);
+    when that is worse than plain decoding (1.0), lookup pauses for
+    `backoff` plain steps, then tries again.  A probe that fails at once
+    doubles the pause (up to max_backoff), so text that never repeats pays
+    for one chunk in that many steps; a chunk that pays resets it.  Steps
+    with no draft cost nothing extra (plain decode) and are not counted.
+    backoff=0 never pauses (tests that pin the lookup path).
     """
 
-    def __init__(self, cost: PassCost, decay: float = 0.8, backoff: int = 16, margin: float = 0.97):
+    def __init__(self, cost, decay: float = 0.8, backoff: int = 16, margin: float = 0.97,
+                 max_backoff: int = 64):
         self.cost = cost
         self.decay = decay
         self.backoff = backoff
+        self.max_backoff = max(backoff, max_backoff)
         self.margin = margin  # lookup must beat plain decoding by this factor
         self.passes_per_token = 0.0  # decaying average over chunk passes
         self._seen = False
         self._paused = 0
+        self._pause = backoff  # the next pause
 
     def allow(self) -> bool:
         if self._paused > 0:
@@ -141,13 +190,17 @@ class LookupGate:
 
     def record(self, positions: int, produced: int) -> None:
         ppt = self.cost.chunk(positions) / max(1, produced)
-        if not self._seen:
+        probe = not self._seen
+        if probe:
             self.passes_per_token, self._seen = ppt, True
         else:
             self.passes_per_token = self.decay * self.passes_per_token + (1 - self.decay) * ppt
         if self.passes_per_token > self.margin * self.cost.decode():
-            self._paused = self.backoff
+            self._paused = self._pause
+            self._pause = min(self.max_backoff, self._pause * 2) if probe else self.backoff
             self._seen = False  # start the average afresh after the pause
+        else:
+            self._pause = self.backoff
 
 
 @dataclass
@@ -191,6 +244,7 @@ def lookup_decode(
     verify: Callable[[int, List[int]], List[int]],
     drop: Callable[[int], None],
     stats: LookupStats,
+    cost: Optional[PassCost] = None,
 ) -> Iterator[int]:
     """Yield up to `budget` greedy tokens that follow `token`, by lookup where it pays.
 
@@ -201,19 +255,21 @@ def lookup_decode(
     exactly the rows of `token` and the accepted guesses, and the rejected
     rows are never seen again (the next pass overwrites them).  `drafter` already holds the
     sequence up to and including `token`.  The tokens equal plain greedy
-    decoding's; only the number of passes differs.
+    decoding's; only the number of passes differs.  `stats` counts weight
+    passes with `cost` (default: the gate's cost, when that is a PassCost).
     """
+    cost = cost or gate.cost
     while budget > 0:
         draft = drafter.draft(limit=budget - 1)
         if draft and gate.allow():
             out = accept(draft, verify(token, draft))
             if len(out) <= len(draft):
                 drop(len(draft) + 1 - len(out))
-            stats.add_chunk(gate.cost, len(draft), len(out))
+            stats.add_chunk(cost, len(draft), len(out))
             gate.record(len(draft) + 1, len(out))
         else:
             out = [decode(token)]
-            stats.add_decode(gate.cost)
+            stats.add_decode(cost)
         drafter.extend(out)
         for t in out:
             yield t

@@ -137,6 +137,12 @@ class GenerationStats:
     switch_s: float = 0.0  # time spent loading that member before this answer (0: it was loaded)
     vit_s: float = 0.0  # time of the vit run for this answer's image (0: the held image was reused)
     image_reused: bool = False  # the image K/V already on the device served this answer
+    # Prompt-lookup decoding (block_kv builds, greedy): chunk passes, the drafted tokens they checked and
+    # those the model agreed with; weight passes per token after the first (1.0: plain decoding).
+    lookup_chunks: int = 0
+    lookup_drafted: int = 0
+    lookup_accepted: int = 0
+    passes_per_token: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,6 +190,7 @@ class Generate:
     image: Any = None  # ImageInputs
     image_pos: Optional[int] = None
     gen: int = 0
+    lookup: Union[bool, str] = True  # True, "always" or False: see Engine.generate
 
 
 @dataclass

@@ -62,7 +62,7 @@ class _Worker:
             return cancelled
 
         for tok in engine.generate(req.ids, req.max_new_tokens, req.stop_ids, should_stop, req.sampling,
-                                   req.reuse, req.image, req.image_pos):
+                                   req.reuse, req.image, req.image_pos, req.lookup):
             self.conn.send(P.Token(req.gen, tok))
         return P.Done(req.gen, engine.stats)
 
