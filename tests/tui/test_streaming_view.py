@@ -87,6 +87,15 @@ async def _send(pilot, text):
         await pilot.pause(0.05)
 
 
+async def _answer(pilot):
+    """Once the model is open, send "go" and return the finished answer's box."""
+    app = pilot.app
+    while app.model is None:
+        await pilot.pause(0.05)
+    await _send(pilot, "go")
+    return [b for b in app.query(MessageBox) if b.role == "assistant"][-1]
+
+
 async def _frozen(pilot, box):
     for _ in range(100):
         if box.frozen is not None:
@@ -100,10 +109,7 @@ def test_finished_answer_drawn_from_rows_looks_like_the_live_markdown(app_factor
 
     async def run():
         async with app.run_test(size=(90, 60)) as pilot:
-            while app.model is None:
-                await pilot.pause(0.05)
-            await _send(pilot, "go")
-            box = [b for b in app.query(MessageBox) if b.role == "assistant"][-1]
+            box = await _answer(pilot)
             frozen = await _frozen(pilot, box)
             md = box.body
             assert isinstance(md, Markdown) and md.source == ANSWER and not md.display
@@ -127,10 +133,7 @@ def test_streamed_answer_ends_as_the_same_answer_reopened_from_the_store(app_fac
 
     async def run():
         async with app.run_test(size=(90, 60)) as pilot:
-            while app.model is None:
-                await pilot.pause(0.05)
-            await _send(pilot, "go")
-            box = [b for b in app.query(MessageBox) if b.role == "assistant"][-1]
+            box = await _answer(pilot)
             await _frozen(pilot, box)
             streamed = widget_rows(app, box)
             await app.open_conversation(app.conv_id)  # rendered at once from the store
@@ -148,10 +151,7 @@ def test_a_resized_terminal_shows_finished_answers_at_the_new_width(app_factory)
 
     async def run():
         async with app.run_test(size=(90, 60)) as pilot:
-            while app.model is None:
-                await pilot.pause(0.05)
-            await _send(pilot, "go")
-            box = [b for b in app.query(MessageBox) if b.role == "assistant"][-1]
+            box = await _answer(pilot)
             old = await _frozen(pilot, box)
             await pilot.resize_terminal(70, 60)
             for _ in range(100):
@@ -210,10 +210,7 @@ def test_the_mouse_gets_the_live_message(app_factory):
 
     async def run():
         async with app.run_test(size=(90, 60)) as pilot:
-            while app.model is None:
-                await pilot.pause(0.05)
-            await _send(pilot, "go")
-            box = [b for b in app.query(MessageBox) if b.role == "assistant"][-1]
+            box = await _answer(pilot)
             frozen = await _frozen(pilot, box)
             await pilot.hover(frozen, offset=(2, 2))
             for _ in range(40):
