@@ -11,9 +11,8 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures import models
-from tests.fixtures.compare import assert_follows_reference
+from tests.fixtures.compare import assert_follows_reference, generate
 from tpuchat.runtime import bmodel_nets
-from tpuchat.runtime.client import DoneEvent
 
 pytestmark = pytest.mark.sim
 
@@ -26,16 +25,6 @@ def prompt_ids(variant):
 
     tok = Tokenizer.from_file(str(models.tokenizer_dir(variant) / "tokenizer.json"))
     return tok.encode(TEXT).ids
-
-
-def generate(client, ids, n, sampling=None, reuse=True):
-    toks, stats = [], None
-    for ev in client.generate(ids, n, (), sampling, reuse=reuse):
-        if isinstance(ev, DoneEvent):
-            stats = ev.stats
-        else:
-            toks.append(ev.id)
-    return toks, stats
 
 
 def io(net, stage=0):

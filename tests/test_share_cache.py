@@ -12,10 +12,9 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures import models
-from tests.fixtures.compare import assert_follows_reference, first_flip
+from tests.fixtures.compare import assert_follows_reference, first_flip, generate
 from tpuchat.errors import TpuchatError
 from tpuchat.runtime import bmodel_nets
-from tpuchat.runtime.client import DoneEvent
 
 pytestmark = pytest.mark.sim
 
@@ -23,16 +22,6 @@ VARIANT = "seed-share-cache"
 SHARE, UNSHARE, KV, HIDDEN, KVH, HEAD_DIM, VOCAB, LAYERS = 128, 64, 192, 128, 2, 32, 512, 2
 DOCUMENT = [(7 * i + 30) % 500 for i in range(90)]  # the pinned prefix: 90 of the 128 shared rows
 QUESTIONS = ([100 + i for i in range(17)], [200 + i for i in range(9)])
-
-
-def generate(client, ids, n, reuse=True):
-    toks, stats = [], None
-    for ev in client.generate(ids, n, (), None, reuse=reuse):
-        if isinstance(ev, DoneEvent):
-            stats = ev.stats
-        else:
-            toks.append(ev.id)
-    return toks, stats
 
 
 def follows(prompt, device, ref):
