@@ -3,20 +3,10 @@
 import pytest
 
 from tests.fixtures import models
+from tests.fixtures.compare import generate as gen
 from tpuchat.errors import PromptTooLong, TpuchatError
-from tpuchat.runtime.client import DoneEvent
 
 pytestmark = pytest.mark.sim
-
-
-def gen(client, ids, n, sampling=None, reuse=True):
-    out, stats = [], None
-    for ev in client.generate(ids, n, (), sampling, reuse):
-        if isinstance(ev, DoneEvent):
-            stats = ev.stats
-        else:
-            out.append(ev.id)
-    return out, stats
 
 
 PROMPT = list(range(20, 45))

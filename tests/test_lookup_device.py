@@ -16,22 +16,12 @@ import functools
 import pytest
 
 from tests.fixtures import models
-from tpuchat.runtime.client import DoneEvent
+from tests.fixtures.compare import generate as gen
 
 pytestmark = pytest.mark.sim
 
 VARIANT = "qwen2-history"  # llm_convert --use_history_kv: block_kv nets
 PROMPT = [316, 194, 139, 73, 98, 446, 349, 6] * 3
-
-
-def gen(client, ids, n, stops=(), lookup=True):
-    out, stats = [], None
-    for ev in client.generate(ids, n, stops, lookup=lookup):
-        if isinstance(ev, DoneEvent):
-            stats = ev.stats
-        else:
-            out.append(ev.id)
-    return out, stats
 
 
 @functools.lru_cache(maxsize=None)

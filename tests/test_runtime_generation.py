@@ -7,8 +7,8 @@ model (computed once in the compiler venv and cached)."""
 import pytest
 
 from tests.fixtures import models
+from tests.fixtures.compare import generate
 from tpuchat.errors import PromptTooLong
-from tpuchat.runtime.client import DoneEvent
 
 pytestmark = pytest.mark.sim
 
@@ -23,16 +23,6 @@ def prompt_ids(variant, n=None):
     while n is not None and len(ids) < n:
         ids = ids + ids
     return ids[:n] if n is not None else ids
-
-
-def generate(client, ids, max_new, stop=()):
-    toks, stats = [], None
-    for ev in client.generate(ids, max_new, stop):
-        if isinstance(ev, DoneEvent):
-            stats = ev.stats
-        else:
-            toks.append(ev.id)
-    return toks, stats
 
 
 EXACT = ["qwen2-bf16", "qwen2-f16", "qwen2-w8bf16", "qwen2-dynamic", "qwen2-sample", "qwen2-history",
@@ -139,7 +129,7 @@ def test_stop_ids_end_the_answer_without_emitting_them(open_variant):
     ids = prompt_ids("qwen2-bf16")
     want = models.reference_greedy("qwen2-bf16", [ids], 10)[0]
     stop = want[4]
-    got, stats = generate(client, ids, 10, [stop])
+    got, stats = generate(client, ids, 10, stops=[stop])
     assert got == want[: want.index(stop)]
     assert stats.stop_reason == "eos"
 

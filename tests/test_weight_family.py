@@ -7,9 +7,9 @@ bytes, same sizes) must be refused."""
 import pytest
 
 from tests.fixtures import models
-from tests.fixtures.compare import assert_follows_reference
+from tests.fixtures.compare import assert_follows_reference, generate as gen
 from tpuchat.errors import ModelError, PromptTooLong
-from tpuchat.runtime.client import DoneEvent, EngineClient
+from tpuchat.runtime.client import EngineClient
 
 pytestmark = pytest.mark.sim
 
@@ -21,16 +21,6 @@ LONG_PROMPT = PROMPT + list(range(300, 392))  # 116 tokens
 def safe_prefix(ref: dict, tol: float = 0.03) -> int:
     """Steps before transformers' first near-tie (bf16 may flip those)."""
     return next((i for i, m in enumerate(ref["margins"]) if m < tol), len(ref["margins"]))
-
-
-def gen(client, ids, n):
-    out, stats = [], None
-    for ev in client.generate(ids, n, ()):
-        if isinstance(ev, DoneEvent):
-            stats = ev.stats
-        else:
-            out.append(ev.id)
-    return out, stats
 
 
 def pair(*names):

@@ -43,15 +43,17 @@ class Engine:
         from .runtime_checks import head_costs
 
         self._head_file = bmodel
+        # a choice exists only for a logits lm_head beside a greedy_head
+        self._head_choice = self.desc.lm_head == "logits" and "greedy_head" in self.desc.heads
         self._head_known = head_costs(self.runtime.path, bmodel)
         path = os.environ.get("TPUCHAT_HEAD", "auto").strip().lower() or "auto"
         if path not in ("auto", "device", "host"):
             raise TpuchatError(f"TPUCHAT_HEAD={path!r}: use auto, device or host")
-        if self.desc.lm_head == "logits" and "greedy_head" in self.desc.heads:
+        if self._head_choice:
             self.model.set_head_path(path, *self._head_known)
 
     def _remember_head_costs(self) -> None:
-        if self.family is not None or not ("greedy_head" in self.desc.heads and self.desc.lm_head == "logits"):
+        if self.family is not None or not self._head_choice:
             return
         device_us, host_us, _ = self.model.head_costs()
         if device_us > 0 and host_us > 0 and (device_us, host_us) != self._head_known:
@@ -183,8 +185,8 @@ class Engine:
         of the longest prefix shared with what is cached are kept and only
         the rest is computed, when that is cheaper than a fresh prefill by
         measured costs; reuse="always" keeps them whenever it can (the same
-        tokens either way; tests use it to pin the path); False starts fresh.  self.stats is complete once the iterator is
-        exhausted.
+        tokens either way; tests use it to pin the path); False starts fresh.
+        self.stats is complete once the iterator is exhausted.
 
         image: the conversation's image (vision bmodels), image_pos: the
         index of its image token in prompt_ids; rows from there on attend to
@@ -336,7 +338,6 @@ class Engine:
 
     def __exit__(self, *exc):
         self.close()
-
 
 
 def _head_share(path: str) -> float:
