@@ -37,6 +37,14 @@ class FrozenModel(FakeModel):
                 self.release.wait(30)
             yield ev
 
+    def cancel(self) -> None:  # the app stops the answer when it exits: do not hold it 30 s
+        self.release.set()
+        super().cancel()
+
+    def close(self) -> None:
+        self.release.set()
+        super().close()
+
 
 class SnapApp(TpuchatApp):
     """Fixed numbers where the real app shows measured times."""

@@ -49,8 +49,17 @@ def _theme(app) -> object:
 
 
 def under_mouse(widget: Widget) -> bool:
-    over = getattr(widget.app, "mouse_over", None)
-    return over is not None and (over is widget or widget in over.ancestors)
+    """Whether the mouse is over `widget` now. `App.mouse_over` alone is not enough: right after
+    a thaw it still names the FrozenRows just removed (it is updated later, by an event), and the
+    message would be frozen again under the mouse. So the widget at the mouse's cell is asked."""
+    app = widget.app
+    if getattr(app, "mouse_over", None) is None:
+        return False  # the mouse is not over the app at all
+    try:
+        over, _ = widget.screen.get_widget_at(*app.mouse_position)
+    except Exception:  # noqa: BLE001 - no widget there (NoWidget), or not on a screen any more
+        return False
+    return over is widget or widget in over.ancestors
 
 
 class FrozenRows(Widget):
