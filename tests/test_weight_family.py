@@ -166,3 +166,28 @@ def test_info_says_why_the_weights_are_not_shared(sim_lib, build, tmp_path):
     assert ("no shared weight area: the runtime put the weights of nets embedding and lm_head at the same "
             "device memory") in " ".join(r.stdout.split())
     assert (tmp_path / "runtime-checks.json").exists()  # remembered for this runtime build
+
+
+def test_the_process_that_tried_a_shared_load_loads_nothing_else(sim_lib, build, tmp_path):
+    """After a refused shared load, TPU-MLIR 1.30.2's runtime gives wrong tokens (or asserts
+    "wrong gdma type") on later loads in the same process, depending on where memory lands: the
+    engine stops there, and EngineClient loads the members whole in a fresh worker (the tests
+    above answer through that one)."""
+    import os
+    import subprocess
+    import sys
+
+    build(SHORT)
+    build(LONG)
+    code = ("import sys\n"
+            "from tpuchat.errors import SharedWeightsRefused\n"
+            "from tpuchat.runtime.engine import Engine\n"
+            "try:\n"
+            f"    Engine({pair(LONG, SHORT)!r}, [0], {sim_lib!r})\n"
+            "except SharedWeightsRefused as e:\n"
+            "    print('REFUSED', e)\n")
+    env = dict(os.environ, TPUCHAT_STATE=str(tmp_path))
+    env.pop("TPUCHAT_SHARE_WEIGHTS", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert "REFUSED the runtime put the weights of nets embedding and lm_head" in r.stdout, r.stderr[-2000:]
+    assert (tmp_path / "runtime-checks.json").exists()

@@ -61,6 +61,11 @@ class ImageNotHeld(ImageError):
     or switched bmodels): the client sends the pixels again."""
 
 
+class SharedWeightsRefused(TpuchatError):
+    """A shared weight load was tried and the runtime misplaced the weights: the engine process
+    that tried is not trusted to load anything else (the client starts a fresh one)."""
+
+
 ERROR_TYPES = {
     cls.__name__: cls
     for cls in (
@@ -74,5 +79,6 @@ ERROR_TYPES = {
         TokenizerError,
         ImageError,
         ImageNotHeld,
+        SharedWeightsRefused,
     )
 }

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-from ..errors import EngineCrashed, TpuchatError
+from ..errors import EngineCrashed, SharedWeightsRefused, TpuchatError
 from ..paths import engine_log_path
 from . import protocol as P
 from .image_inputs import ImageInputs
@@ -194,7 +194,13 @@ class EngineClient:
         self._open_args = {"bmodel": str(bmodel), "devids": list(devids), "lib_dir": lib_dir}
         self._pinned = []
         self._worker_image = None  # a newly opened model holds no image
-        self.desc = self._call(P.Open(str(bmodel), list(devids), lib_dir), start=True)
+        try:
+            self.desc = self._call(P.Open(str(bmodel), list(devids), lib_dir), start=True)
+        except SharedWeightsRefused as e:
+            # That worker's runtime is not trusted after the refused load: a fresh one loads
+            # each member whole (a restart after a crash does the same).
+            self.close()
+            self.desc = self._call(P.Open(str(bmodel), list(devids), lib_dir, str(e)), start=True)
         return self.desc
 
     def devices(self, lib_dir: Optional[str] = None) -> dict:

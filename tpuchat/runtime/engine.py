@@ -18,7 +18,8 @@ from .libfind import RuntimeLocation, find_runtime
 class Engine:
     """A bmodel opened on one or more devices (in this process)."""
 
-    def __init__(self, bmodel: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] = None):
+    def __init__(self, bmodel: str, devids: Sequence[int] = (0,), lib_dir: Optional[str] = None,
+                 share_refused: str = ""):
         from .weights import split_models
 
         self.family = None
@@ -26,7 +27,7 @@ class Engine:
         self._lookup_costs: dict = {}  # bmodel path -> (weight-pass PassCost, MeasuredCost) for lookup decoding
         paths = split_models(bmodel)
         if len(paths) > 1:
-            self._open_family(paths, devids, lib_dir)
+            self._open_family(paths, devids, lib_dir, share_refused)
             return
         file_info = check_bmodel_file(bmodel)
         self.runtime: RuntimeLocation = find_runtime(lib_dir)
@@ -63,9 +64,10 @@ class Engine:
             self._head_known = (device_us, host_us)
 
     # -- several bmodels of the same weights (--model a,b) -----------------
-    def _open_family(self, paths, devids, lib_dir) -> None:
+    def _open_family(self, paths, devids, lib_dir, refused: str = "") -> None:
         """Check the bmodels hold the same weights, then load each once to
-        describe it; generate() picks the shortest that fits."""
+        describe it; generate() picks the shortest that fits.  refused: an
+        earlier process of this open found the shared load wrong (its note)."""
         from .binding import Family
         from .weights import check_same_weights
 
@@ -77,19 +79,27 @@ class Engine:
         # soundly: the shim checks each shared load and falls back to whole
         # loads when not, and a refusal is remembered for this runtime build.
         # TPUCHAT_SHARE_WEIGHTS=0 never tries, =1 checks again.
+        from ..errors import SharedWeightsRefused
         from .runtime_checks import remember_share_refused, share_refused
 
         env = os.environ.get("TPUCHAT_SHARE_WEIGHTS", "")
-        known = None if env in ("0", "1") else share_refused(self.runtime.path)
-        share = env != "0" and known is None
+        known = refused or (None if env in ("0", "1") else share_refused(self.runtime.path))
+        share = env != "0" and not known
         clock = time.perf_counter
         t0 = clock()
         self.family = Family([str(i.path) for i in infos], list(devids), 0, share)
         first_s = clock() - t0
-        self.share_note = self.family.share_note or known or ""
         if share and self.family.share_note:
+            # The runtime keeps state from the refused load that corrupts later loads in this
+            # process (on TPU-MLIR 1.30.2's simulator: wrong tokens, or "wrong gdma type"),
+            # so the whole loads happen in a fresh process.
             remember_share_refused(self.runtime.path, self.family.share_note)
-        self.share_checked = share
+            note = self.family.share_note
+            self.family.close()
+            self.family = None
+            raise SharedWeightsRefused(note)
+        self.share_note = self.family.share_note or known or ""
+        self.share_checked = share or bool(refused)
         descs, loads = [], []
         for i, fi in enumerate(infos):
             loads.append(first_s if i == 0 else None)

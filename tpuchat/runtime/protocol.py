@@ -174,6 +174,8 @@ class Open:
     bmodel: str
     devids: List[int]
     lib_dir: Optional[str] = None
+    # why an earlier worker's shared weight load was refused: load each member whole
+    share_refused: str = ""
 
 
 @dataclass

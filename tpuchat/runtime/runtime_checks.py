@@ -24,13 +24,19 @@ from ..paths import runtime_checks_path
 from .libfind import bmrt_library
 
 
+def _stamp(path) -> Optional[str]:
+    """A file's identity: resolved path, size and modification time."""
+    try:
+        p = Path(path)
+        st = p.stat()
+    except (OSError, TypeError):
+        return None
+    return f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}"
+
+
 def _key(lib_dir) -> Optional[str]:
     p = bmrt_library(lib_dir)
-    try:
-        st = p.stat() if p else None
-    except OSError:
-        return None
-    return f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}" if st else None
+    return _stamp(p) if p else None
 
 
 def _file() -> Path:
@@ -45,11 +51,15 @@ def _read() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def share_refused(lib_dir) -> Optional[str]:
-    """Why this runtime build cannot share a weight area, if a run found out."""
+def _entry(lib_dir) -> dict:
     key = _key(lib_dir)
     entry = _read().get(key) if key else None
-    note = entry.get("share_note") if isinstance(entry, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
+def share_refused(lib_dir) -> Optional[str]:
+    """Why this runtime build cannot share a weight area, if a run found out."""
+    note = _entry(lib_dir).get("share_note")
     return note if isinstance(note, str) and note else None
 
 
@@ -58,19 +68,10 @@ def remember_share_refused(lib_dir, note: str) -> None:
         _update(lib_dir, lambda entry: entry.update(share_note=note))
 
 
-def _file_key(bmodel) -> Optional[str]:
-    try:
-        st = Path(bmodel).stat()
-    except OSError:
-        return None
-    return f"{Path(bmodel).resolve()}|{st.st_size}|{int(st.st_mtime)}"
-
-
 def head_costs(lib_dir, bmodel) -> tuple:
     """(device_us, host_us) measured earlier for this bmodel on this runtime; 0 = unknown."""
-    key, fkey = _key(lib_dir), _file_key(bmodel)
-    entry = _read().get(key) if key else None
-    costs = entry.get("head_costs", {}).get(fkey) if isinstance(entry, dict) and fkey else None
+    fkey = _stamp(bmodel)
+    costs = _entry(lib_dir).get("head_costs", {}).get(fkey) if fkey else None
     try:
         return float(costs[0]), float(costs[1])
     except (TypeError, ValueError, IndexError):
@@ -78,7 +79,7 @@ def head_costs(lib_dir, bmodel) -> tuple:
 
 
 def remember_head_costs(lib_dir, bmodel, device_us: float, host_us: float) -> None:
-    fkey = _file_key(bmodel)
+    fkey = _stamp(bmodel)
     if fkey and device_us > 0 and host_us > 0:
         _update(lib_dir, lambda entry: entry.setdefault("head_costs", {}).update({fkey: [device_us, host_us]}))
 
@@ -94,7 +95,7 @@ def _update(lib_dir, change) -> None:
     f = _file()
     try:
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f.name + ".tmp")
+        tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")  # two engines may write at once
         tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
         os.replace(tmp, f)
     except OSError:  # a read-only home only costs the check next time

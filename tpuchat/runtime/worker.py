@@ -40,7 +40,7 @@ class _Worker:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
-        self.engine = Engine(req.bmodel, req.devids or [0], req.lib_dir)
+        self.engine = Engine(req.bmodel, req.devids or [0], req.lib_dir, req.share_refused)
         rt = self.engine.runtime
         desc = self.engine.desc
         desc.runtime = P.RuntimeInfo(str(rt.path), rt.kind, rt.version or "")
