@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CYCLE = [316, 194, 139, 73, 98, 446, 349, 6] * 3  # tests/test_lookup_device.py's PROMPT
+CYCLE = [316, 194, 139, 73, 98, 446, 349, 6] * 3  # tests/sim/test_lookup_device.py's PROMPT
 
 
 def run(client, ids, n, lookup):

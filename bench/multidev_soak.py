@@ -26,7 +26,7 @@ def main() -> None:
     import tempfile
 
     from tests.fixtures import models
-    from tests.test_multidev_run import PROMPT
+    from tests.sim.test_multidev_run import PROMPT
     from tpuchat.errors import TpuchatError
     from tpuchat.runtime import simulator
     from tpuchat.runtime.client import EngineClient, TokenEvent

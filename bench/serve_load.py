@@ -167,7 +167,7 @@ def run_load(target, clients, requests, max_tokens, time_limit):
 
 def fake_server(engines, token_s, prefill_s, queue):
     sys.path.insert(0, str(ROOT))
-    from tests.server.fakes import FakeModel
+    from tests.unit.server.fakes import FakeModel
     from tpuchat.server import make_server
 
     models = [FakeModel(token_s=token_s, prefill_s=prefill_s, seq_len=512, kv_len=1024) for _ in range(engines)]

@@ -11,16 +11,21 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Tests that need the simulator or a compiled bmodel are marked `sim` by the fixtures they use,
-# so `pytest -m "not sim"` is the fast lane (seconds to a few minutes, no compiler) and
-# `pytest -m sim` the rest; .ci/run runs the fast lane first.
+# tests/unit is the fast lane (no simulator, no compiler: about two minutes); tests/sim needs the
+# simulator or a compiled bmodel.  .ci/run runs the fast lane first.  Every test under tests/sim is
+# marked `sim` (so `-m sim` / `-m "not sim"` select the same sets), and a unit test that asks for
+# the simulator is an error: it belongs in tests/sim.
 SIM_FIXTURES = {"sim_lib", "build", "open_variant"}
+SIM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sim") + os.sep
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SIM_FIXTURES & set(getattr(item, "fixturenames", ())):
+        in_sim = str(item.fspath).startswith(SIM_DIR)
+        if in_sim:
             item.add_marker(pytest.mark.sim)
+        elif SIM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} uses the simulator: move it under tests/sim")
 
 
 @pytest.fixture(scope="session")

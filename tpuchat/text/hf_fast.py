@@ -3,7 +3,7 @@
 Importing transformers costs seconds (and tens of MB) before the chat UI can take a keystroke;
 `tokenizers` loads in milliseconds. For the tokenizer classes whose pipeline transformers takes
 unchanged from tokenizer.json, this gives the same ids, text and prompts as transformers (checked
-against it in tests/text); any other class is left to HFTokenizer (hf.py), which uses
+against it in tests/unit/text); any other class is left to HFTokenizer (hf.py), which uses
 transformers itself.
 """
 

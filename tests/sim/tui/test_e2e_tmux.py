@@ -2,7 +2,7 @@
 
 Type a message, wait for the streamed answer and its stats, stop a second
 answer with Esc, quit, start again and find the conversation in the list.
-Run it alone on the simulator: flock /tmp/tpuchat-sim.lock pytest tests/tui/test_e2e_tmux.py
+Run it alone on the simulator: flock /tmp/tpuchat-sim.lock pytest tests/sim/tui/test_e2e_tmux.py
 """
 
 import os
@@ -86,7 +86,7 @@ def test_chat_in_tmux(tmp_path, demo_bmodel, sim_lib):
         "TERM": "xterm-256color",
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/root"),
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
     }
     # Short answers by default (from the settings file), so the test stays quick on the simulator.
     (tmp_path / "config.toml").write_text("[generation]\nmax_new_tokens = 6\n")

@@ -3,14 +3,12 @@
 preview, what the engine gets per turn, stored attachments, and the errors
 (each keeps what the user typed and the attached image)."""
 
-import asyncio
-
 import pytest
 
 from tests.fixtures.vision_config import make_png
 from tpuchat.tui.fake import FakeModel
 from tpuchat.tui.screens import ImagePicker, ImageTree
-from tpuchat.tui.widgets import AttachmentChip, MessageBox
+from tpuchat.tui.widgets import AttachmentChip
 from tpuchat.vision import load_image
 from tpuchat.vision.preview import HalfBlockPreview
 

@@ -181,17 +181,3 @@ def test_positions_must_be_int32():
     nets[2].stages[0].inputs[1] = T("position_ids", "f32", [1, S])
     with pytest.raises(ModelError, match=r"layer prefill \(block_0 input 1 is not int32 position ids\)"):
         match_roles(nets)
-
-
-@pytest.mark.parametrize("variant", ["qwen2-bf16", "qwen2-sample", "qwen2-dynamic", "qwen2-2dev"])
-def test_llm_convert_fixtures_match_their_convention(build, variant):
-    from tests.fixtures import models
-    from tpuchat.runtime import bmodel_nets
-
-    build(variant)
-    r = match_roles(bmodel_nets.read(models.bmodel_path(variant)).nets)
-    assert r["convention"] == "llm_convert" and r["num_layers"] == 2
-    assert r["num_device"] == (2 if variant == "qwen2-2dev" else 1)
-    if variant == "qwen2-sample":
-        assert r["sample_inputs"] == {"logits": 0, "input_ids": 1, "penalty": 2, "temperature": 3, "top_k": 4,
-                                      "top_p": 5}

@@ -26,7 +26,7 @@ from tpuchat.runtime.binding import plan_net
 pytestmark = pytest.mark.sim
 
 VARIANT = "qwen2-2dev"
-HERE = Path(__file__).resolve().parent / "fakedev"
+HERE = Path(__file__).resolve().parents[1] / "fakedev"
 SOURCES = [HERE / "fakedev.c", HERE / "unproduced.c", HERE.parent.parent / "native" / "bmrt_api.h"]
 PROMPT = [1, 5, 9, 77, 200, 31, 8, 400, 12]
 

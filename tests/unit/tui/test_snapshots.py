@@ -1,7 +1,7 @@
 """Snapshot tests (pytest-textual-snapshot) of the main screen mid-stream and of the
 model picker, device picker and settings screen, at 80x24, with the scripted engine.
 
-Update the saved SVGs after an intended change: pytest tests/tui/test_snapshots.py --snapshot-update
+Update the saved SVGs after an intended change: pytest tests/unit/tui/test_snapshots.py --snapshot-update
 """
 
 import threading

@@ -11,7 +11,7 @@ from tpuchat.text import IncrementalDecoder, load_tokenizer
 from tpuchat.text.hf import HFTokenizer
 from tpuchat.text.hf_fast import FastHFTokenizer, can_load
 
-FIXTURE_DIR = Path(__file__).resolve().parents[2] / "token_config"  # the demo/test bmodels' tokenizer
+FIXTURE_DIR = Path(__file__).resolve().parents[3] / "token_config"  # the demo/test bmodels' tokenizer
 
 TEXTS = [
     "Hello, world!",

@@ -140,7 +140,7 @@ def test_system_prefix_ids_start_every_conversation():
     from tpuchat.chat.session import system_prefix_ids
     from tpuchat.text import load_tokenizer
 
-    tok = load_tokenizer(Path(__file__).resolve().parents[1] / "token_config")
+    tok = load_tokenizer(Path(__file__).resolve().parents[2] / "token_config")
     doc = "Shared manual: the BM1684X has 32 TOPS. 算力很强。" * 3
     prefix = system_prefix_ids(tok, doc)
     assert len(prefix) > len(tok.encode(doc))

@@ -11,7 +11,7 @@ from tests.fixtures import models
 
 pytestmark = pytest.mark.sim
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tpuchat(*args, input=None, tmp_path=None, timeout=300):

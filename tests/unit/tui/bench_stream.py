@@ -1,7 +1,7 @@
 """Benchmark (not a test): stream an answer from the scripted engine at 200 tokens/s through the
 chat UI and report the UI's CPU time and how long each token takes to reach the screen.
 
-    python tests/tui/bench_stream.py [--tokens 1000] [--rate 200] [--behind-ms 150] [--size 100x30]
+    python tests/unit/tui/bench_stream.py [--tokens 1000] [--rate 200] [--behind-ms 150] [--size 100x30]
 
 Token -> screen: from the moment the engine thread hands a token to the UI to the end of the first
 frame written after the tick that put it in the answer (frames are turned into terminal bytes as on
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
 
 
@@ -102,7 +102,7 @@ def main() -> int:
                          "fresh app, with its first imports and first code highlighting)")
     args = ap.parse_args()
 
-    from tests.tui.conftest import make_app
+    from tests.unit.tui.conftest import make_app
     from tpuchat.tui.fake import FakeModel
 
     answer = make_answer(args.tokens)

@@ -82,6 +82,6 @@ def test_reused_parser_renders_as_rich_does():
         console.print(md)
         return re.sub(r"id=\d+", "id=", console.file.getvalue())  # link ids are random
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()  # tables, code, lists, links
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()  # tables, code, lists, links
     for text in (readme, "~~gone~~ and **bold**\n\n| a | b |\n|---|---|\n| 1 | 2 |", "- one\n- two"):
         assert render(rich_markdown(text)) == render(Markdown(text))

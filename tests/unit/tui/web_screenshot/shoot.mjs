@@ -4,7 +4,7 @@
 //   cd /work/main
 //   tpuchat web --model "$(python -c 'from tpuchat.compiler.build import bmodel_path; print(bmodel_path("demo"))')" --port 8099 &
 //   mkdir -p /tmp/pw && cd /tmp/pw && npm install playwright-core     # no `npx playwright install` needed
-//   node /work/main/tests/tui/web_screenshot/shoot.mjs      # run from /tmp/pw (or set NODE_PATH=/tmp/pw/node_modules)
+//   node /work/main/tests/unit/tui/web_screenshot/shoot.mjs      # run from /tmp/pw (or set NODE_PATH=/tmp/pw/node_modules)
 //   kill %1
 //
 // Env: URL (default http://127.0.0.1:8099/), OUT (default assets/tui-web.png beside this repo),
