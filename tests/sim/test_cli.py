@@ -174,7 +174,7 @@ def test_run_samples_with_a_seed_on_a_do_sample_build(sim_lib, build, tmp_path):
     m = str(models.bmodel_path("qwen2-sample"))
 
     def run(*extra):
-        r = tpuchat("run", "--model", m, "--json", "-n", "8", "--ignore-eos", *extra, "Tell me about the sea.",
+        r = tpuchat("run", "--model", m, "--json", "-n", "5", "--ignore-eos", *extra, "Tell me about the sea.",
                     tmp_path=tmp_path)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)["token_ids"]
@@ -182,5 +182,5 @@ def test_run_samples_with_a_seed_on_a_do_sample_build(sim_lib, build, tmp_path):
     greedy = run()
     hot = ["--temperature", "1.5", "--top-k", "0", "--seed"]
     a, b, c = run(*hot, "1"), run(*hot, "1"), run(*hot, "2")
-    assert a == b and len(a) == 8
+    assert a == b and len(a) == 5
     assert a != greedy or c != greedy
