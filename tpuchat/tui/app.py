@@ -86,6 +86,7 @@ class TpuchatApp(SlashCommands, ModelSwitching, Conversations, App):
         self._drain_lock = asyncio.Lock()
         self.pending_image: Optional[Attachment] = None  # goes with the next message
         self.image_dir: Optional[str] = None  # where the image picker opens
+        self._sidebar_stale = True  # the conversation list changed while the sidebar was hidden
 
     # -- what tests and the benchmark read ------------------------------------------------------
     session = property(lambda self: self.ctl.session)
@@ -137,9 +138,15 @@ class TpuchatApp(SlashCommands, ModelSwitching, Conversations, App):
 
     # -- sidebar / conversations -------------------------------------------------
     def refresh_sidebar(self, search: Optional[str] = None) -> None:
+        """Show the saved conversations; a hidden sidebar is filled when it is shown (a send
+        would otherwise rebuild it in the frames where the answer's first tokens appear)."""
+        sidebar = self._q(ConversationList)
+        self._sidebar_stale = not sidebar.display
+        if self._sidebar_stale:
+            return
         if search is None:
             search = self._q("#conv-search", Input).value.strip()
-        self._q(ConversationList).fill(self.store.list_conversations(search), self.conv_id)
+        sidebar.fill(self.store.list_conversations(search), self.conv_id)
 
     @on(Input.Changed, "#conv-search")
     def _search(self, event: Input.Changed) -> None:
@@ -152,6 +159,8 @@ class TpuchatApp(SlashCommands, ModelSwitching, Conversations, App):
     def action_toggle_sidebar(self) -> None:
         sb = self._q("#sidebar")
         sb.display = not sb.display
+        if sb.display and self._sidebar_stale:
+            self.refresh_sidebar()
         (self._q("#conv-list") if sb.display else self.prompt).focus()
 
     def _busy(self) -> bool:
@@ -339,6 +348,7 @@ class TpuchatApp(SlashCommands, ModelSwitching, Conversations, App):
                 self.notify(f"Unknown command {line.split()[0]}: /help lists them. Your text stays in the input.",
                             severity="warning")
             return looks_like_one
+        self.prompt.remember(line)  # Up brings a command back, to run again or correct
         if cmd.name != "/image":  # /image keeps a bad path in the input for correcting
             self.prompt.load_text("")
         result = getattr(self, cmd.handler)(arg)

@@ -227,9 +227,20 @@ class StatusBar(Static):
 
 class ConversationItem(ListItem):
     def __init__(self, conv_id: int, title: str, when: float):
-        super().__init__(Label(escape(title or "(untitled)"), classes="conv-title"),
-                         Label(time.strftime("%m-%d %H:%M", time.localtime(when)), classes="conv-when"))
-        self.conv_id = conv_id
+        self.conv_id, self.shown = conv_id, self._labels(title, when)
+        super().__init__(Label(self.shown[0], classes="conv-title"), Label(self.shown[1], classes="conv-when"))
+
+    @staticmethod
+    def _labels(title: str, when: float) -> tuple:
+        return escape(title or "(untitled)"), time.strftime("%m-%d %H:%M", time.localtime(when))
+
+    def show(self, conv_id: int, title: str, when: float) -> None:
+        """Show another conversation in this row (labels changed in place: no remount)."""
+        labels = self._labels(title, when)
+        if labels != self.shown:
+            for label, text in zip(self.query(Label), labels):
+                label.update(text)
+        self.conv_id, self.shown = conv_id, labels
 
 
 class ConvListView(ListView):
@@ -256,11 +267,19 @@ class ConversationList(Vertical):
         yield ConvListView(id="conv-list")
 
     def fill(self, convs, current: Optional[int]) -> None:
+        """Show `convs`, `current` highlighted.  Rows are relabelled in place when their number
+        is unchanged (a send moves its conversation to the top: no widget is mounted again)."""
         lv = self.query_one(ListView)
-        lv.clear()
+        items = [w for w in lv.children if isinstance(w, ConversationItem)]
+        if len(items) == len(convs) and len(items) == len(lv.children):
+            for item, c in zip(items, convs):
+                item.show(c.id, c.title, c.updated)
+        else:
+            lv.clear()
+            for c in convs:
+                lv.append(ConversationItem(c.id, c.title, c.updated))
         index = None
         for i, c in enumerate(convs):
-            lv.append(ConversationItem(c.id, c.title, c.updated))
             if c.id == current:
                 index = i
         if index is None and convs:
@@ -271,6 +290,8 @@ class ConversationList(Vertical):
 
     @property
     def highlighted_id(self) -> Optional[int]:
+        if not self.display:
+            return None  # hidden: it may be out of date (App.refresh_sidebar), and no one sees it
         item = self.query_one(ListView).highlighted_child
         return item.conv_id if isinstance(item, ConversationItem) else None
 

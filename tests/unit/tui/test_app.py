@@ -444,3 +444,39 @@ async def test_model_picker_lists_bmodels(app_factory, tmp_path):
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.model_path.endswith(".bmodel") and app.state == "idle" and
                        app.backend.opened[-1][0] == scr.paths[0])
+
+
+@sync
+async def test_a_send_reorders_the_sidebar_without_mounting_its_rows_again(app_factory):
+    from textual.widgets import Label
+
+    from tpuchat.tui.widgets import ConversationItem
+
+    app = app_factory(model=FakeModel(rate=0, prefill_s=0))
+    async with app.run_test(size=(120, 30)) as pilot:
+        await ready(pilot, app)
+        for text in ("older chat", "newer chat"):
+            await pilot.press("ctrl+n")
+            await type_and_send(pilot, text)
+            await wait_for(pilot, lambda: not app.generating)
+        rows = list(app.query(ConversationItem))
+        assert [r.shown[0] for r in rows][:2] == ["newer chat", "older chat"]
+        await app.open_conversation(rows[1].conv_id)
+        await type_and_send(pilot, "again")
+        await wait_for(pilot, lambda: not app.generating)
+        await pilot.pause(0.1)
+        assert list(app.query(ConversationItem)) == rows  # the same widgets, relabelled
+        assert [r.shown[0] for r in rows][:2] == ["older chat", "newer chat"]
+        assert [str(l.render()) for l in rows[0].query(Label)][0] == "older chat"
+
+
+@sync
+async def test_up_brings_back_a_slash_command(app_factory):
+    app = app_factory(model=FakeModel(rate=0, prefill_s=0))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, app)
+        await type_and_send(pilot, "/system be brief")
+        await pilot.pause(0.1)
+        assert app.prompt.text == ""
+        await pilot.press("up")
+        assert app.prompt.text == "/system be brief"
