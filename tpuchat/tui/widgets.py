@@ -55,7 +55,7 @@ class MessageBox(GrowingWidget, Vertical):
         return self.query_one(".msg-body")
 
     async def append_text(self, chunk: str) -> None:
-        """Add streamed text (called 10 times a second with what arrived since).  The first call
+        """Add streamed text (called 8 times a second with what arrived since).  The first call
         swaps the body for a StreamingMarkdown, which redraws only the unfinished tail."""
         if not chunk:
             return

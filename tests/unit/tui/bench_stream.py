@@ -5,8 +5,8 @@ chat UI and report the UI's CPU time and how long each token takes to reach the 
 
 Token -> screen: from the moment the engine thread hands a token to the UI to the end of the first
 frame written after the tick that put it in the answer (frames are turned into terminal bytes as on
-a real terminal; the bytes go nowhere).  The UI moves text to the screen 10 times a second, so up to
-100 ms of it is by design.  CPU: the process's user+system time minus the scripted engine thread's,
+a real terminal; the bytes go nowhere).  The UI moves text to the screen 8 times a second, so up to
+125 ms of it is by design.  CPU: the process's user+system time minus the scripted engine thread's,
 from Enter until the engine's last token is in (the stream); the final Markdown render of the whole
 answer, once per answer, is reported on its own.  On a machine whose cores are busy with other work
 both numbers grow (a starved UI also draws later): the load average is printed.
