@@ -94,9 +94,12 @@ class MessageBox(GrowingWidget, Vertical):
         self.call_after_refresh(self._freeze)
 
     def _freeze(self) -> None:
-        if not self.is_mounted or self.frozen is not None:
+        # (called after a refresh: the box may be on its way out by then, its children removed
+        # first, e.g. by a new conversation clearing the chat)
+        bodies = self.query(".msg-body")
+        if not self.is_mounted or not self.is_attached or not bodies or self.frozen is not None:
             return
-        if self.role == "assistant" and (not self.text or not isinstance(self.body, Markdown)):
+        if self.role == "assistant" and (not self.text or not isinstance(bodies.first(), Markdown)):
             return  # streaming, or not answered yet
         if under_mouse(self):
             self.set_timer(1.0, self._freeze)  # the mouse is using it: try again later

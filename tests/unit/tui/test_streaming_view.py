@@ -226,3 +226,21 @@ def test_the_mouse_gets_the_live_message(app_factory):
             assert box.frozen is None and box.body.display
 
     asyncio.run(run())
+
+
+def test_a_freeze_that_comes_after_the_message_is_emptied_does_nothing(app_factory):
+    """A new conversation clears the chat: a box's children go first, and a freeze queued after a
+    refresh can still run on it. That raised NoMatches and ended the app (CI saw it in
+    test_sidebar_hidden_at_80x24_and_toggles)."""
+    app = app_factory(model=FakeModel(answer=ANSWER, rate=0, prefill_s=0))
+
+    async def run():
+        async with app.run_test(size=(90, 60)) as pilot:
+            box = await _answer(pilot)
+            box.thaw()
+            await box.remove_children()
+            box._freeze()
+            await pilot.pause(0.1)
+            assert box.frozen is None and app.is_running
+
+    asyncio.run(run())
