@@ -60,6 +60,8 @@ def apply_sampling_options(settings, temperature: Optional[float] = None, top_p:
 
 def check_can_sample(settings, desc) -> None:
     """The one-line refusal when settings ask a top-1 build to sample."""
-    if settings.sample and settings.temperature > 1e-5 and not desc.can_sample:
+    from .runtime.protocol import samples
+
+    if samples(settings.sample, settings.temperature) and not desc.can_sample:
         raise TpuchatError(top1_refusal(f"--temperature {settings.temperature:g}")
                            + "; leave --temperature out for greedy answers")

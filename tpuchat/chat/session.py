@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 from ..errors import EngineCrashed, ImageError
 from ..runtime.client import DoneEvent, EngineClient
-from ..runtime.protocol import GenerationStats, ModelDesc
+from ..runtime.protocol import GenerationStats, ModelDesc, samples
 from .conversation import Attachment, Conversation, FittedPrompt, Message
 
 
@@ -34,7 +34,7 @@ class GenSettings:
 
     def sampling(self) -> Optional[dict]:
         """The engine's sampling arguments; None means greedy."""
-        if not self.sample or self.temperature <= 1e-5:
+        if not samples(self.sample, self.temperature):
             return None
         return {"sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "repetition_penalty": self.repetition_penalty, "seed": self.seed}

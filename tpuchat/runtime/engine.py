@@ -9,7 +9,7 @@ from ..errors import ImageError, ImageNotHeld, PromptTooLong, TpuchatError
 from .binding import Model, load_runtime
 from .decode_loop import LookupPlan, decode_loop
 from .lookup import MeasuredCost, PassCost
-from .protocol import GenerationStats, ModelDesc
+from .protocol import GenerationStats, ModelDesc, samples
 from .bmodel_file import check_bmodel_file
 from .image_inputs import ImageInputs
 from .libfind import RuntimeLocation, find_runtime
@@ -237,7 +237,7 @@ class Engine:
     def _lookup_plan(self, lookup: Union[bool, str], sampling: Optional[dict]) -> Optional[LookupPlan]:
         """How to run lookup for this answer, or None for plain decoding: it
         needs block_kv nets (chunks of at least 2) and greedy selection."""
-        sampled = bool(sampling and sampling.get("sample") and float(sampling.get("temperature", 1.0)) > 1e-5)
+        sampled = bool(sampling) and samples(sampling.get("sample"), float(sampling.get("temperature", 1.0)))
         capacity = self.model.chunk_capacity
         if not lookup or sampled or capacity < 2:
             return None

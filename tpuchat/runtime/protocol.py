@@ -166,6 +166,12 @@ def can_sample(desc: Optional[ModelDesc]) -> bool:
     return desc is not None and desc.can_sample
 
 
+def samples(sample: Any, temperature: float) -> bool:
+    """Whether these settings sample at all: a temperature of about 0 is greedy (the shim's rule
+    too, native/heads.c)."""
+    return bool(sample) and temperature > 1e-5
+
+
 # -- requests (parent -> worker) --------------------------------------------
 
 
